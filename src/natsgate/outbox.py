@@ -1,0 +1,166 @@
+"""One connection's bounded send queue and the slow-client verdict (contract section 5).
+
+Producers (fan-out, bridges, replies) call :meth:`Outbox.push`, which never blocks: fan-out
+must not wait on one slow socket (centrifuge ``writer.go``).  The writer takes everything
+queued at once and sends it as one newline-joined frame, so an idle socket gets each
+message at once and a busy one gets batches.  When the queue has stayed over its byte bound
+for ``backpressure_s`` (a frame "could not be queued within 250 ms"), or grows past a hard
+bound, the owner is told the client is slow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+
+NEWLINE = b"\n"
+
+
+class OutboxClosed(Exception):
+    """The connection is ending; nothing more will be sent."""
+
+
+class Outbox:
+    __slots__ = (
+        "_closed",
+        "_frames",
+        "_hard_limit",
+        "_loop",
+        "_on_slow",
+        "_timer",
+        "_waiter",
+        "_watermarks",
+        "backpressure_s",
+        "limit",
+        "max_batch",
+        "pushed",
+        "size",
+        "written",
+    )
+
+    def __init__(
+        self,
+        limit: int,
+        backpressure_s: float,
+        on_slow: Callable[[], None],
+        *,
+        max_batch: int = 65_536,
+    ) -> None:
+        self.limit = limit  # bytes queued before the backpressure clock starts
+        self._hard_limit = limit * 4  # past this, the verdict is immediate
+        self.backpressure_s = backpressure_s
+        self.max_batch = max_batch  # bytes per outgoing frame (a larger single envelope goes alone)
+        self._on_slow = on_slow
+        self._frames: deque[bytes] = deque()
+        self.size = 0
+        self.pushed = 0  # frames ever pushed
+        self.written = 0  # frames ever handed to the socket
+        self._closed = False
+        self._loop = asyncio.get_running_loop()
+        self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._watermarks: list[tuple[int, asyncio.Future[None]]] = []
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def push(self, frame: bytes) -> None:
+        """Queue one encoded envelope (no newline inside). Never blocks."""
+        if self._closed:
+            return
+        self._frames.append(frame)
+        self.size += len(frame)
+        self.pushed += 1
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+        if self.size > self.limit:
+            if self.size > self._hard_limit:
+                self._slow()
+            elif self._timer is None:
+                self._timer = self._loop.call_later(self.backpressure_s, self._check)
+
+    def _check(self) -> None:
+        self._timer = None
+        if self.size > self.limit:
+            self._slow()
+
+    def _slow(self) -> None:
+        if not self._closed:
+            self.close()
+            self._on_slow()
+
+    async def take(self) -> tuple[bytes, int]:
+        """Wait for queued envelopes; return up to ``max_batch`` bytes of them as one
+        newline-joined frame, and how many envelopes it holds."""
+        while not self._frames:
+            if self._closed:
+                raise OutboxClosed
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        frames = self._frames
+        first = frames.popleft()
+        if not frames:
+            out, count, nbytes = first, 1, len(first)
+        else:
+            batch = [first]
+            nbytes = len(first)
+            while frames and nbytes + len(frames[0]) < self.max_batch:
+                f = frames.popleft()
+                batch.append(f)
+                nbytes += len(f)
+            out, count = NEWLINE.join(batch), len(batch)
+        self.size -= nbytes
+        if self._timer is not None and self.size <= self.limit:
+            self._timer.cancel()
+            self._timer = None
+        return out, count
+
+    def sent(self, count: int) -> None:
+        """The writer handed ``count`` frames to the socket; wake who waits for that."""
+        self.written += count
+        if self._watermarks:
+            keep = []
+            for mark, fut in self._watermarks:
+                if mark <= self.written:
+                    if not fut.done():
+                        fut.set_result(None)
+                else:
+                    keep.append((mark, fut))
+            self._watermarks = keep
+
+    async def written_up_to(self, mark: int) -> None:
+        """Wait until the frame numbered ``mark`` (a past ``pushed`` value) is written.
+
+        JetStream delivery uses this to keep at most one batch in flight to a client.
+        """
+        if self.written >= mark:
+            return
+        if self._closed:
+            raise OutboxClosed
+        fut: asyncio.Future[None] = self._loop.create_future()
+        self._watermarks.append((mark, fut))
+        await fut
+
+    def close(self) -> None:
+        """Drop what is queued and wake every waiter."""
+        if self._closed:
+            return
+        self._closed = True
+        self._frames.clear()
+        self.size = 0
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+        for _, fut in self._watermarks:
+            if not fut.done():
+                fut.set_exception(OutboxClosed())
+                fut.exception()  # mark retrieved: nobody may be waiting any more
+        self._watermarks = []

@@ -1,0 +1,406 @@
+"""The envelope (contract section 3): client ops in, server frames out.
+
+Pure: no I/O.  ``decode_frame`` turns one WebSocket text frame into validated ops, or a
+:class:`~natsgate.errors.ProtocolError` per bad envelope; it never raises anything else.
+Every server frame is encoded here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Raw, Struct
+
+from .errors import ErrorCode, ProtocolError
+from .subjects import InvalidSubject, validate
+
+PROTOCOL_VERSION = 1
+MAX_INBOX = 128
+MAX_BATCH = 1000
+DEFAULT_BATCH = 100
+MAX_TIMEOUT_MS = 300_000
+
+Inbox = Annotated[str, Meta(min_length=1, max_length=MAX_INBOX)]
+BUCKET_RE = re.compile(r"^[A-Za-z0-9_-]{1,255}$")  # NATS KV bucket names
+STREAM_RE = re.compile(r"^[^.*>\s/\\\x00]{1,255}$")  # NATS stream names
+KEY_RE = re.compile(r"^[-/_=.a-zA-Z0-9*>]+$")  # NATS KV keys, plus wildcards for patterns
+
+
+# --------------------------------------------------------------------------- client ops
+
+
+class _Op(Struct, tag_field="op", forbid_unknown_fields=True, kw_only=True):
+    """Fields every client op may carry. ``data`` is accepted everywhere, used where the
+    contract gives it a meaning."""
+
+    v: Any = PROTOCOL_VERSION
+    inbox: Inbox | None = None
+
+
+class Sub(_Op, tag="sub"):
+    target: str
+    data: Any = None
+
+
+class Unsub(_Op, tag="unsub"):
+    target: str
+    data: Any = None
+
+
+class Pub(_Op, tag="pub"):
+    target: str
+    data: Raw = Raw(b"")
+
+
+class Cmd(_Op, tag="cmd"):
+    target: str
+    data: Raw = Raw(b"")
+    timeout_ms: Annotated[int, Meta(ge=1, le=MAX_TIMEOUT_MS)] | None = None
+
+
+class KvData(Struct, forbid_unknown_fields=True):
+    pattern: str | None = None
+
+
+class KvSub(_Op, tag="kv_sub"):
+    target: str
+    data: KvData | None = None
+
+    @property
+    def pattern(self) -> str:
+        return (self.data.pattern if self.data else None) or ">"
+
+
+class KvUnsub(_Op, tag="kv_unsub"):
+    target: str
+    data: KvData | None = None
+
+    @property
+    def pattern(self) -> str:
+        return (self.data.pattern if self.data else None) or ">"
+
+
+class JsData(Struct, forbid_unknown_fields=True):
+    start_seq: Annotated[int, Meta(ge=0)] | None = None
+    start_time: Annotated[datetime, Meta(tz=True)] | None = None
+    batch: Annotated[int, Meta(ge=1, le=MAX_BATCH)] = DEFAULT_BATCH
+    filter: str | None = None
+
+
+class JsSub(_Op, tag="js_sub"):
+    target: str
+    data: JsData | None = None
+
+    @property
+    def opts(self) -> JsData:
+        return self.data or JsData()
+
+
+class JsUnsubData(Struct, forbid_unknown_fields=True):
+    filter: str | None = None
+
+
+class JsUnsub(_Op, tag="js_unsub"):
+    target: str
+    data: JsUnsubData | None = None
+
+    @property
+    def filter(self) -> str | None:
+        return self.data.filter if self.data else None
+
+
+class Ping(_Op, tag="ping"):
+    target: str | None = None
+    data: Any = None
+
+
+class AuthData(Struct, forbid_unknown_fields=True):
+    token: Annotated[str, Meta(min_length=1, max_length=8192)]
+
+
+class Auth(_Op, tag="auth"):
+    data: AuthData
+    target: str | None = None
+
+
+ClientOp = Sub | Unsub | Pub | Cmd | KvSub | KvUnsub | JsSub | JsUnsub | Ping | Auth
+
+_decoder = msgspec.json.Decoder(ClientOp)
+
+
+class _Probe(Struct):
+    """A lenient look at a bad envelope, only to address the error to it."""
+
+    op: Any = None
+    v: Any = None
+    inbox: Any = None
+    target: Any = None
+    type: Any = None
+    topic: Any = None
+
+
+_probe_decoder = msgspec.json.Decoder(_Probe)
+
+
+def decode_frame(frame: bytes | str) -> Iterator[ClientOp | ProtocolError]:
+    """Each newline-separated envelope of ``frame``, validated, in order (contract §1)."""
+    if isinstance(frame, str):
+        frame = frame.encode()
+    for line in frame.split(b"\n"):
+        if line.strip():
+            yield decode_envelope(line)
+
+
+def decode_envelope(raw: bytes) -> ClientOp | ProtocolError:
+    try:
+        op: ClientOp = _decoder.decode(raw)
+    except msgspec.DecodeError as exc:  # ValidationError is a DecodeError too
+        return _explain(raw, exc)
+    if not (type(op.v) is int and op.v == PROTOCOL_VERSION):
+        return _error(ErrorCode.UNSUPPORTED_VERSION, f"unsupported version {op.v!r}; use 1", op)
+    try:
+        _check_names(op)
+    except InvalidSubject as exc:
+        return _error(ErrorCode.BAD_REQUEST, f"invalid target or pattern: {exc}", op)
+    return op
+
+
+def _error(code: ErrorCode, message: str, op: ClientOp) -> ProtocolError:
+    return ProtocolError(code, message, inbox=op.inbox, target=op.target)
+
+
+def _check_names(op: ClientOp) -> None:
+    """Subject, bucket, stream and key syntax, so that sessions only see valid names."""
+    match op:
+        case Sub() | Unsub():
+            validate(op.target, wildcards=True)
+        case Pub() | Cmd():
+            validate(op.target, wildcards=False)
+        case KvSub() | KvUnsub():
+            if not BUCKET_RE.match(op.target):
+                raise InvalidSubject("bucket names are letters, digits, '-' and '_'")
+            validate(op.pattern, wildcards=True)
+            if not KEY_RE.match(op.pattern):
+                raise InvalidSubject("key pattern has characters a KV key cannot have")
+        case JsSub() | JsUnsub():
+            if not STREAM_RE.match(op.target):
+                raise InvalidSubject("stream names have no '.', '*', '>', '/' or spaces")
+            flt = op.opts.filter if isinstance(op, JsSub) else op.filter
+            if flt is not None:
+                validate(flt, wildcards=True)
+        case Ping() | Auth():
+            pass
+
+
+def _explain(raw: bytes, exc: msgspec.DecodeError) -> ClientOp | ProtocolError:
+    """Turn a decode failure into the error envelope a person can act on (or, for a
+    legacy frame, into its op)."""
+    try:
+        probe = _probe_decoder.decode(raw)
+    except msgspec.DecodeError:
+        return ProtocolError(ErrorCode.BAD_REQUEST, "frame is not a JSON object")
+    inbox = probe.inbox if isinstance(probe.inbox, str) and len(probe.inbox) <= MAX_INBOX else None
+    target = probe.target if isinstance(probe.target, str) else None
+    if probe.op is None and probe.type is not None:
+        return _legacy(raw, inbox)
+    if probe.v is not None and not (type(probe.v) is int and probe.v == PROTOCOL_VERSION):
+        return ProtocolError(
+            ErrorCode.UNSUPPORTED_VERSION,
+            f"unsupported version {probe.v!r}; use 1",
+            inbox=inbox,
+            target=target,
+        )
+    text = str(exc)
+    if isinstance(probe.op, str) and text.startswith("Invalid value") and "`$.op`" in text:
+        text = f"unknown op {probe.op!r}"
+    return ProtocolError(ErrorCode.BAD_REQUEST, text, inbox=inbox, target=target)
+
+
+class _Legacy(Struct, forbid_unknown_fields=True):
+    type: Literal["subscribe", "unsubscribe"]
+    topic: str
+
+
+_legacy_decoder = msgspec.json.Decoder(_Legacy)
+
+
+def _legacy(raw: bytes, inbox: str | None) -> ClientOp | ProtocolError:
+    """Legacy ``{"type": "subscribe", "topic": ...}`` frames (contract §3)."""
+    try:
+        legacy = _legacy_decoder.decode(raw)
+    except msgspec.DecodeError as exc:
+        return ProtocolError(ErrorCode.BAD_REQUEST, f"legacy frame: {exc}", inbox=inbox)
+    op: ClientOp = (
+        Sub(target=legacy.topic) if legacy.type == "subscribe" else Unsub(target=legacy.topic)
+    )
+    try:
+        _check_names(op)
+    except InvalidSubject as exc:
+        return _error(ErrorCode.BAD_REQUEST, f"invalid target or pattern: {exc}", op)
+    return op
+
+
+# ------------------------------------------------------------------------ server frames
+
+
+class _Frame(Struct, tag_field="op", omit_defaults=True):
+    pass
+
+
+class MsgFrame(_Frame, tag="msg"):
+    target: str
+    data: Raw
+    sub: str | None = None
+    enc: str | None = None
+    headers: dict[str, str] | None = None
+
+
+class ReplyFrame(_Frame, tag="reply"):
+    target: str | None = None
+    inbox: str | None = None
+    data: Any = None
+    enc: str | None = None
+    headers: dict[str, str] | None = None
+
+
+class ErrorBody(Struct):
+    code: str
+    message: str
+
+
+class ErrorFrame(_Frame, tag="error"):
+    data: ErrorBody
+    target: str | None = None
+    inbox: str | None = None
+
+
+class CapUpdateBody(Struct):
+    caps: Any
+    revoked: list[dict[str, str]]
+
+
+class CapUpdateFrame(_Frame, tag="cap_update"):
+    data: CapUpdateBody
+
+
+class PongFrame(_Frame, tag="pong"):
+    inbox: str | None = None
+
+
+_encoder = msgspec.json.Encoder()
+encode = _encoder.encode
+B64 = "base64"
+
+
+def payload(raw: bytes) -> tuple[Raw, str | None]:
+    """A NATS payload as a JSON value: JSON as itself, UTF-8 text as a string, other bytes
+    as base64 (then the second item is ``"base64"``). Never contains a newline, so frames
+    can be newline-joined."""
+    if raw:
+        try:
+            value = msgspec.json.decode(raw, type=Raw)
+        except msgspec.DecodeError:
+            pass
+        else:
+            if b"\n" in raw or b"\r" in raw:  # JSON whitespace: keep frames one line
+                return Raw(_encoder.encode(msgspec.json.decode(value))), None
+            return value, None
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError:
+        return Raw(_encoder.encode(base64.b64encode(raw).decode())), B64
+    return Raw(_encoder.encode(text)), None
+
+
+def payload_value(raw: bytes) -> tuple[Any, str | None]:
+    """Like :func:`payload` but as a Python value, for frames nested inside ``data``."""
+    value, enc = payload(raw)
+    return msgspec.json.decode(value), enc
+
+
+def encode_msg(
+    target: str, raw: bytes, *, sub: str | None = None, headers: dict[str, str] | None = None
+) -> bytes:
+    """A core ``msg`` frame; encoded once per message and shared by every receiver."""
+    data, enc = payload(raw)
+    return encode(MsgFrame(target=target, data=data, sub=sub, enc=enc, headers=headers or None))
+
+
+def encode_kv(
+    bucket: str, key: str, revision: int, kv_op: str, value: bytes | None, *, snapshot: bool
+) -> bytes:
+    """A KV ``msg``; ``snapshot`` marks current values sent before live changes."""
+    body: dict[str, Any] = {"key": key, "revision": revision, "op": kv_op}
+    if kv_op == "PUT" and value is not None:
+        body["value"], enc = payload_value(value)
+        if enc:
+            body["enc"] = enc
+    else:
+        body["value"] = None
+    if snapshot:
+        body["snapshot"] = True
+    return encode(MsgFrame(target=f"kv:{bucket}", data=Raw(encode(body))))
+
+
+def encode_kv_marker(bucket: str, marker: str, pattern: str) -> bytes:
+    """``RESYNC`` (drop what you hold for this pattern; a fresh snapshot follows) or
+    ``SYNCED`` (that snapshot is complete): sent when the gateway re-reads a bucket after
+    its NATS connection came back."""
+    return encode(
+        MsgFrame(target=f"kv:{bucket}", data=Raw(encode({"op": marker, "pattern": pattern})))
+    )
+
+
+def encode_js(
+    stream: str,
+    seq: int,
+    subject: str,
+    raw: bytes,
+    time: str | None,
+    headers: dict[str, str] | None,
+) -> bytes:
+    body: dict[str, Any] = {"seq": seq, "subject": subject}
+    body["payload"], enc = payload_value(raw)
+    if enc:
+        body["enc"] = enc
+    body["time"] = time
+    return encode(MsgFrame(target=f"js:{stream}", data=Raw(encode(body)), headers=headers or None))
+
+
+def encode_reply(target: str | None, inbox: str | None, data: Any = None, **extra: Any) -> bytes:
+    """The acknowledgement of an op: ``{"ok": true, ...extra}`` unless ``data`` is given."""
+    if data is None:
+        data = {"ok": True, **extra}
+    return encode(ReplyFrame(target=target, inbox=inbox, data=data))
+
+
+def encode_cmd_reply(
+    target: str, inbox: str | None, raw: bytes, headers: dict[str, str] | None
+) -> bytes:
+    data, enc = payload(raw)
+    return encode(ReplyFrame(target=target, inbox=inbox, data=data, enc=enc, headers=headers))
+
+
+def encode_error(
+    code: ErrorCode, message: str, *, target: str | None = None, inbox: str | None = None
+) -> bytes:
+    return encode(
+        ErrorFrame(data=ErrorBody(code=code.value, message=message), target=target, inbox=inbox)
+    )
+
+
+def encode_protocol_error(err: ProtocolError) -> bytes:
+    return encode_error(err.code, err.message, target=err.target, inbox=err.inbox)
+
+
+def encode_cap_update(caps: Any, revoked: list[dict[str, str]]) -> bytes:
+    return encode(CapUpdateFrame(data=CapUpdateBody(caps=caps, revoked=revoked)))
+
+
+def encode_pong(inbox: str | None) -> bytes:
+    return encode(PongFrame(inbox=inbox))

@@ -1,0 +1,156 @@
+"""The gateway's own NATS connection: connect (retrying until NATS is there), follow its
+reconnects, and tell interested parts when it comes back.
+
+One connection per gateway process; every session shares it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import nats
+from nats.aio.client import Client, RawCredentials
+from nats.js import JetStreamContext
+
+from .config import Config
+from .metrics import Metrics
+
+log = logging.getLogger("natsgate.nats")
+
+Listener = Callable[[], Awaitable[None]]
+
+
+def _creds(jwt: str, seed: str) -> RawCredentials:
+    """A .creds document from NATS_JWT + NATS_NKEY, in the format nats-py reads."""
+    return RawCredentials(
+        "-----BEGIN NATS USER JWT-----\n"
+        f"{jwt}\n"
+        "------END NATS USER JWT------\n\n"
+        "-----BEGIN USER NKEY SEED-----\n"
+        f"{seed}\n"
+        "------END USER NKEY SEED------\n"
+    )
+
+
+class Upstream:
+    def __init__(self, config: Config, metrics: Metrics) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.nc: Client = Client()
+        self._js: JetStreamContext | None = None
+        self._ready = asyncio.Event()
+        self._on_reconnect: list[Listener] = []
+        self._on_disconnect: list[Callable[[], None]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    @property
+    def connected(self) -> bool:
+        return self.nc.is_connected
+
+    @property
+    def js(self) -> JetStreamContext:
+        if self._js is None:
+            raise RuntimeError("NATS is not connected yet")
+        return self._js
+
+    def on_reconnect(self, listener: Listener) -> None:
+        self._on_reconnect.append(listener)
+
+    def on_disconnect(self, listener: Callable[[], None]) -> None:
+        self._on_disconnect.append(listener)
+
+    def start(self) -> None:
+        """Connect in the background; :meth:`wait_ready` waits for the first success."""
+        self._task = asyncio.create_task(self._connect_forever(), name="nats-connect")
+
+    async def wait_ready(self) -> None:
+        await self._ready.wait()
+
+    async def _connect_forever(self) -> None:
+        delay = 0.25
+        attempt = 0
+        while not self._closing:
+            attempt += 1
+            try:
+                await self._connect()
+            except Exception as exc:  # any failure to reach NATS: log it, retry
+                log.warning(
+                    "cannot connect to NATS at %s (attempt %d): %s; retrying in %.1fs",
+                    self.config.nats_url,
+                    attempt,
+                    exc or type(exc).__name__,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            url = self.nc.connected_url
+            log.info("connected to NATS at %s", url.netloc if url else "?")
+            self.metrics.nats_connected.set(1)
+            self._js = self.nc.jetstream()
+            self._ready.set()
+            return
+
+    async def _connect(self) -> None:
+        c = self.config
+        opts: dict[str, object] = {}
+        if c.nats_creds:
+            opts["user_credentials"] = str(c.nats_creds)
+        elif c.nats_jwt and c.nats_nkey:
+            opts["user_credentials"] = _creds(c.nats_jwt, c.nats_nkey)
+        self.nc = await nats.connect(
+            servers=list(c.nats_urls),
+            name=c.nats_name,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            connect_timeout=2,
+            ping_interval=5,
+            max_outstanding_pings=3,
+            disconnected_cb=self._disconnected,
+            reconnected_cb=self._reconnected,
+            error_cb=self._error,
+            closed_cb=self._closed,
+            **opts,
+        )
+
+    async def _disconnected(self) -> None:
+        if self._closing:
+            return
+        log.warning("NATS connection lost; reconnecting")
+        self.metrics.nats_connected.set(0)
+        for listener in self._on_disconnect:
+            listener()
+
+    async def _reconnected(self) -> None:
+        url = self.nc.connected_url
+        log.info("NATS reconnected to %s", url.netloc if url else "?")
+        self.metrics.nats_connected.set(1)
+        for listener in list(self._on_reconnect):
+            try:
+                await listener()
+            except Exception:
+                log.exception("reconnect listener failed")
+
+    async def _error(self, exc: Exception) -> None:
+        if not self._closing:
+            log.debug("NATS client error: %r", exc)
+
+    async def _closed(self) -> None:
+        self.metrics.nats_connected.set(0)
+
+    async def close(self) -> None:
+        """Drain: deliver what is in flight, then disconnect."""
+        self._closing = True
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        if self.nc.is_connected:
+            try:
+                await asyncio.wait_for(self.nc.drain(), 5)
+            except Exception as exc:
+                log.debug("NATS drain: %r", exc)
+        if not self.nc.is_closed:
+            await self.nc.close()

@@ -115,6 +115,7 @@
  * @property {[state: SubscriptionState, previous: SubscriptionState]} state
  * @property {[error: NatsgateError]} error
  * @property {[]} resync KV only: a re-hydration starts; drop what you hold for this pattern
+ * @property {[]} synced KV only: a (re)hydration is complete; what you hold is current
  * @property {[reply: ReplyData]} gap JetStream only: retention dropped messages you missed
  */
 
@@ -203,6 +204,15 @@ function isRecord(value) {
 }
 
 /**
+ * Array.isArray narrows to any[]; this keeps the elements unknown.
+ * @param {unknown} value
+ * @returns {value is unknown[]}
+ */
+function isList(value) {
+  return Array.isArray(value);
+}
+
+/**
  * Reconnect delay: exponential growth, full jitter, a floor and a cap. The jitter spans the
  * whole exponential window (not a fraction of it), so a crowd of clients dropped together by
  * a restart spreads out instead of returning in waves; the floor keeps a flapping server from
@@ -225,12 +235,15 @@ export function backoffDelay(attempt, minDelayMs = 250, maxDelayMs = 10000, rand
  */
 export const CLOSE_CODES = Object.freeze({
   1000: { meaning: "normal closure by the server", action: "backoff" },
+  1001: { meaning: "going away: the server could not write to this socket", action: "backoff" },
   1008: { meaning: "policy violation", action: "stop" },
   1009: { meaning: "frame too large", action: "backoff" },
   1012: { meaning: "server restart: reconnect elsewhere", action: "prompt" },
+  1011: { meaning: "internal error in the gateway", action: "backoff" },
   1013: { meaning: "backpressure: this client was too slow", action: "backoff" },
   4000: { meaning: "liveness: closed by this client (no pong or no cap_update)", action: "backoff" },
   4001: { meaning: "unauthorized: the token expired or was refused", action: "auth" },
+  4002: { meaning: "no pong: the server's pings went unanswered", action: "backoff" },
   4003: { meaning: "forbidden", action: "stop" },
 });
 
@@ -313,7 +326,7 @@ function decodeHeaders(value) {
   const out = {};
   for (const [name, v] of Object.entries(value)) {
     if (typeof v === "string") out[name] = v;
-    else if (Array.isArray(v)) out[name] = v.filter((x) => typeof x === "string");
+    else if (isList(v)) out[name] = v.filter((x) => typeof x === "string");
   }
   return out;
 }
@@ -377,6 +390,19 @@ export function decodeKvEntry(data) {
   const op = data.op === "DEL" || data.op === "PURGE" ? data.op : "PUT";
   const revision = typeof data.revision === "number" ? data.revision : 0;
   return { key: data.key, revision, op, value: decodePayload(data.value, data.enc) };
+}
+
+/**
+ * The gateway's KV markers: after its own NATS connection came back it re-reads a bucket and
+ * frames the fresh snapshot with `{"op": "RESYNC", "pattern"}` ... `{"op": "SYNCED", "pattern"}`
+ * (an addition to the contract, see docs/protocol.md).
+ * @param {unknown} data
+ * @returns {{op: "RESYNC" | "SYNCED", pattern: string | undefined} | null}
+ */
+export function decodeKvMarker(data) {
+  if (!isRecord(data) || data.key !== undefined) return null;
+  if (data.op !== "RESYNC" && data.op !== "SYNCED") return null;
+  return { op: data.op, pattern: typeof data.pattern === "string" ? data.pattern : undefined };
 }
 
 /**
@@ -792,13 +818,19 @@ export class CoreSubscription extends Subscription {
 
 /**
  * A KV watch: the current values (with `{snapshot: true}`), then changes. Each re-hydration
- * after a reconnect is announced with `resync` (and `onResync`) before its first value.
+ * (after a reconnect, or the gateway's RESYNC marker) is announced with `resync` (and
+ * `onResync`) before its first value, and its end with `synced`.
  */
 export class KvSubscription extends Subscription {
-  /** Last revision handed over per key: drops repeats when two watches overlap. */
+  /**
+   * Last revision handed over per key: drops repeats when two watches overlap.
+   * @type {Map<string, number>}
+   */
   #revisions = new Map();
   /** Something was delivered since the last (re)hydration started. */
   #dirty = false;
+  /** Between the gateway's RESYNC and SYNCED markers. */
+  #serverSnapshot = false;
 
   /**
    * @param {string} bucket
@@ -829,7 +861,26 @@ export class KvSubscription extends Subscription {
 
   _subscribing() {
     super._subscribing();
-    if (!this.#dirty) return;
+    this.#serverSnapshot = false;
+    if (this.#dirty) this.#beginHydration();
+  }
+
+  /** @param {ReplyData} data */
+  _onReply(data) {
+    if (this.ended) return;
+    super._onReply(data);
+    this._emit("synced");
+  }
+
+  /** @param {"RESYNC" | "SYNCED"} marker */
+  _onMarker(marker) {
+    if (this.ended) return;
+    this.#serverSnapshot = marker === "RESYNC";
+    if (marker === "RESYNC") this.#beginHydration();
+    else this._emit("synced");
+  }
+
+  #beginHydration() {
     this.#dirty = false;
     this.#revisions.clear();
     try {
@@ -845,13 +896,16 @@ export class KvSubscription extends Subscription {
     return subjectMatches(normPattern(this.pattern), key);
   }
 
-  /** @param {KvEntry} entry */
-  _deliver(entry) {
+  /**
+   * @param {KvEntry} entry
+   * @param {boolean} flagged the server marked it `snapshot`
+   */
+  _deliver(entry, flagged) {
     const seen = this.#revisions.get(entry.key);
     if (seen !== undefined && entry.revision !== 0 && entry.revision <= seen) return;
     this.#revisions.set(entry.key, entry.revision);
     this.#dirty = true;
-    this._handler(entry, { snapshot: this.state === "subscribing" });
+    this._handler(entry, { snapshot: flagged || this.#serverSnapshot || this.state === "subscribing" });
   }
 }
 
@@ -945,9 +999,6 @@ export const CLIENT_TRANSITIONS = {
  *   | {kind: "ping"}} Pending
  */
 
-/** Default command timeout on the server (CMD_TIMEOUT_MS), used when none is given. */
-const DEFAULT_TIMEOUT_MS = 5000;
-
 /**
  * One logical connection to the gateway, kept alive across sockets. Create it with
  * `connect()`.
@@ -1008,7 +1059,7 @@ export class NatsgateClient {
       maxDelayMs: options.maxDelayMs ?? 10000,
       stableAfterMs: options.stableAfterMs ?? 5000,
       connectTimeoutMs: options.connectTimeoutMs ?? 10000,
-      requestTimeoutMs: options.requestTimeoutMs ?? DEFAULT_TIMEOUT_MS,
+      requestTimeoutMs: options.requestTimeoutMs ?? 5000, // the server's CMD_TIMEOUT_MS
       timeoutGraceMs: options.timeoutGraceMs ?? 1000,
       random: options.random ?? Math.random,
     };
@@ -1131,7 +1182,7 @@ export class NatsgateClient {
     /** @type {Envelope} */
     const env = { op: "cmd", target, data: payload ?? null };
     if (options.timeoutMs !== undefined) env.timeout_ms = options.timeoutMs;
-    return this.#request(env, options.timeoutMs ?? DEFAULT_TIMEOUT_MS);
+    return this.#request(env, options.timeoutMs ?? this.#opts.requestTimeoutMs);
   }
 
   /** Close for good: no reconnect; pending requests and `ready` promises reject with `closed`. */
@@ -1140,6 +1191,11 @@ export class NatsgateClient {
   }
 
   // --- state machine ------------------------------------------------------------------------
+
+  /** Not narrowed by TypeScript: handlers we call may close the client under our feet. */
+  #isClosed() {
+    return this.#state === "closed";
+  }
 
   /** @param {ClientState} next */
   #transition(next) {
@@ -1177,8 +1233,11 @@ export class NatsgateClient {
     this.#ws = ws;
     this.#sawUnauthorized = false;
     this.#pingOutstanding = false;
-    ws.onopen = () => {};
-    ws.onerror = () => {}; // a close event follows; it carries the code
+    // Browsers follow `error` with `close` 1006; some runtimes (Node 20's WebSocket on a
+    // refused connection) never do. Either way the socket is lost, and `error` says no more.
+    ws.onerror = () => {
+      if (this.#ws === ws) this.#drop(1006, "socket error");
+    };
     ws.onmessage = (ev) => {
       if (this.#ws === ws) this.#onFrame(ev.data);
     };
@@ -1195,8 +1254,8 @@ export class NatsgateClient {
     this.#forceFreshToken = false;
     if (typeof token === "function" && !(force && refreshToken)) {
       this.#token = await token();
-    } else if (refreshToken && this.#token !== undefined) {
-      const exp = jwtExpiry(this.#token);
+    } else if (refreshToken) {
+      const exp = this.#token === undefined ? undefined : jwtExpiry(this.#token);
       if (force || (exp !== undefined && exp - refreshBeforeMs <= Date.now())) {
         this.#token = await refreshToken();
       }
@@ -1209,17 +1268,20 @@ export class NatsgateClient {
     clearTimeout(this.#timers.connect);
     const reconnected = this.#everOpened;
     const attempts = this.#attempt;
+    // taken before the state event: a subscription made by a handler is sent by #track
+    const restore = [...this.#subs.values()];
     this.#everOpened = true;
     this.#transition("open");
+    if (this.#isClosed()) return; // a handler closed the client
     this.#timers.stable = later(() => {
       this.#attempt = 0;
     }, this.#opts.stableAfterMs);
     if (this.#opts.pingIntervalMs > 0) {
       this.#timers.ping = setInterval(() => this.#ping(), this.#opts.pingIntervalMs);
     }
-    for (const sub of this.#subs.values()) this.#sendSub(sub);
+    for (const sub of restore) if (!sub.ended) this.#sendSub(sub);
     for (const [inbox, p] of this.#pending) {
-      if (false) p.sent = this.#send({ ...p.env, inbox });
+      if (p.kind === "request" && !p.sent) p.sent = this.#send({ ...p.env, inbox });
     }
     this.#scheduleRefresh();
     for (const waiter of this.#waiters.splice(0)) waiter.resolve();
@@ -1265,7 +1327,7 @@ export class NatsgateClient {
     }
     if (action === "prompt") this.#attempt = 0;
     for (const sub of this.#subs.values()) sub._pause();
-    this.#scheduleReconnect({ code, reason });
+    if (!this.#isClosed()) this.#scheduleReconnect({ code, reason }); // unless a handler closed it
   }
 
   /** @param {{code: number, reason: string}} [closed] */
@@ -1275,7 +1337,7 @@ export class NatsgateClient {
     this.#attempt += 1;
     this.#transition("reconnecting");
     if (closed) this.#events.emit("disconnect", { ...closed, reconnectInMs: delay });
-    if (this.#state !== "reconnecting") return; // a handler closed the client
+    if (this.#isClosed()) return; // a handler closed the client
     this.#timers.retry = later(() => void this.#dial(), delay);
   }
 
@@ -1290,7 +1352,7 @@ export class NatsgateClient {
     if (!ws) return;
     this.#ws = null;
     try {
-      ws.close(code, reason);
+      ws.close(code >= 3000 && code <= 4999 ? code : 1000, reason); // the codes a client may send
     } catch {
       // closing a socket that never opened may throw; it is gone either way
     }
@@ -1511,7 +1573,7 @@ export class NatsgateClient {
   #onCapUpdate(env) {
     const data = isRecord(env.data) ? env.data : {};
     const caps = /** @type {Caps} */ (isRecord(data.caps) ? data.caps : {});
-    const revoked = Array.isArray(data.revoked) ? data.revoked : [];
+    const revoked = isList(data.revoked) ? data.revoked : [];
     /** @type {Subscription[]} */
     const ended = [];
     for (const item of revoked) {
@@ -1594,12 +1656,22 @@ export class NatsgateClient {
   #onMsg(env) {
     const target = env.target ?? "";
     if (target.startsWith("kv:")) {
+      const bucket = target.slice(3);
+      const marker = decodeKvMarker(env.data);
+      if (marker) {
+        for (const sub of this.#subs.values()) {
+          if (sub instanceof KvSubscription && sub.bucket === bucket && normPattern(sub.pattern) === normPattern(marker.pattern)) {
+            this.#deliver(() => sub._onMarker(marker.op));
+          }
+        }
+        return;
+      }
       const entry = decodeKvEntry(env.data);
       if (entry) {
-        const bucket = target.slice(3);
+        const flagged = isRecord(env.data) && env.data.snapshot === true;
         for (const sub of this.#subs.values()) {
           if (sub instanceof KvSubscription && sub.bucket === bucket && this.#wants(sub, env, entry.key)) {
-            this.#deliver(() => sub._deliver(entry));
+            this.#deliver(() => sub._deliver(entry, flagged));
           }
         }
         return;

@@ -6,6 +6,7 @@ Nothing is mocked. Waits are for events, bounded by one time unit ``T`` that
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import uuid
@@ -23,7 +24,7 @@ from natsgate.auth import mint_token
 from natsgate.config import Config
 from natsgate.natsrunner import NatsServer
 
-from .helpers import T, Gw, WsClient, start_gateway
+from .helpers import Gw, T, WsClient, start_gateway
 
 SECRET = "test-secret-0123456789-abcdefghijklmnop"
 
@@ -65,6 +66,21 @@ async def gw(config: Config) -> AsyncIterator[Gw]:
     await g.stop()
 
 
+@pytest_asyncio.fixture
+async def make_gw(config: Config) -> AsyncIterator[Any]:
+    """Start gateways with some config fields changed; all are stopped at the end."""
+    started: list[Gw] = []
+
+    async def make(**changes: Any) -> Gw:
+        g = await start_gateway(dataclasses.replace(config, **changes))
+        started.append(g)
+        return g
+
+    yield make
+    for g in started:
+        await g.stop()
+
+
 @pytest.fixture
 def token() -> Any:
     def make(user: str, ttl: float = 3600) -> str:
@@ -73,8 +89,14 @@ def token() -> Any:
     return make
 
 
-async def connect(gw: Gw, user: str, **kw: Any) -> WsClient:
-    return await WsClient.open(gw.ws_url, token=mint_token(user, SECRET, 3600), **kw)
+async def connect(gw: Gw, user: str, *, first: bool = True, **kw: Any) -> WsClient:
+    """A connected client; with ``first``, its first envelope (always ``cap_update``, contract
+    §1) is read and kept in ``client.first``."""
+    c = await WsClient.open(gw.ws_url, token=mint_token(user, SECRET, 3600), **kw)
+    if first:
+        c.first = await c.recv()
+        assert c.first["op"] == "cap_update", c.first
+    return c
 
 
-__all__ = ["SECRET", "T", "Gw", "WsClient", "connect", "json", "unique", "Path", "aiohttp", "os"]
+__all__ = ["SECRET", "Gw", "Path", "T", "WsClient", "aiohttp", "connect", "json", "os", "unique"]

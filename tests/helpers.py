@@ -79,11 +79,16 @@ class WsClient:
         self.inbox: deque[dict[str, Any]] = deque()
         self.frames = 0
         self.close_code: int | None = None
+        self.first: dict[str, Any] = {}
         self._n = 0
 
     @classmethod
     async def open(
-        cls, url: str, *, token: str | None = None, headers: dict[str, str] | None = None,
+        cls,
+        url: str,
+        *,
+        token: str | None = None,
+        headers: dict[str, str] | None = None,
         **kw: Any,
     ) -> WsClient:
         session = aiohttp.ClientSession()
@@ -91,7 +96,8 @@ class WsClient:
         if token:
             h["Authorization"] = f"Bearer {token}"
         try:
-            ws = await session.ws_connect(url, headers=h, autoping=True, max_msg_size=0, **kw)
+            kw.setdefault("autoping", True)
+            ws = await session.ws_connect(url, headers=h, max_msg_size=0, **kw)
         except BaseException:
             await session.close()
             raise
@@ -119,16 +125,24 @@ class WsClient:
             await self.ws.send_str(text)
 
     async def _fill(self, timeout: float) -> None:
-        msg = await self.ws.receive(timeout=timeout)
+        # asyncio's timeout, not aiohttp's: aiohttp restarts its own after each ping
+        msg = await asyncio.wait_for(self.ws.receive(), timeout)
         if msg.type is aiohttp.WSMsgType.TEXT:
             self.frames += 1
             for line in msg.data.split("\n"):
                 if line:
                     self.inbox.append(json.loads(line))
-        elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
-                          aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.ERROR):
-            self.close_code = self.ws.close_code
-            raise Closed(self.ws.close_code)
+        elif msg.type in (
+            aiohttp.WSMsgType.CLOSE,
+            aiohttp.WSMsgType.CLOSED,
+            aiohttp.WSMsgType.CLOSING,
+            aiohttp.WSMsgType.ERROR,
+        ):
+            # the code the server sent (aiohttp's own close_code turns 1006 when the
+            # server has gone before aiohttp could answer the close frame)
+            code = msg.data if msg.type is aiohttp.WSMsgType.CLOSE else self.ws.close_code
+            self.close_code = code
+            raise Closed(code)
 
     async def recv(self, timeout: float = T) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -137,7 +151,9 @@ class WsClient:
         return self.inbox.popleft()
 
     async def expect(
-        self, pred: Callable[[dict[str, Any]], bool] | None = None, timeout: float = T,
+        self,
+        pred: Callable[[dict[str, Any]], bool] | None = None,
+        timeout: float = T,
         **match: Any,
     ) -> dict[str, Any]:
         """The first envelope (skipping others, which are kept) that matches."""
@@ -148,7 +164,9 @@ class WsClient:
                 while not self.inbox:
                     left = deadline - time.monotonic()
                     if left <= 0:
-                        raise TimeoutError(f"no envelope matching {match or pred}; saw {skipped[-5:]}")
+                        raise TimeoutError(
+                            f"no envelope matching {match or pred}; saw {skipped[-5:]}"
+                        )
                     await self._fill(left)
                 env = self.inbox.popleft()
                 if all(env.get(k) == v for k, v in match.items()) and (pred is None or pred(env)):
@@ -159,16 +177,22 @@ class WsClient:
 
     async def reply(self, inbox: str, timeout: float = T) -> dict[str, Any]:
         """The reply or error for ``inbox``."""
-        return await self.expect(lambda e: e.get("inbox") == inbox and e["op"] in ("reply", "error"), timeout)
+        return await self.expect(
+            lambda e: e.get("inbox") == inbox and e["op"] in ("reply", "error"), timeout
+        )
 
-    async def ok(self, op: str, target: str | None = None, data: Any = None, **extra: Any) -> dict[str, Any]:
+    async def ok(
+        self, op: str, target: str | None = None, data: Any = None, **extra: Any
+    ) -> dict[str, Any]:
         """Send and require a positive reply."""
         inbox = await self.send(op, target, data, **extra)
         env = await self.reply(inbox)
         assert env["op"] == "reply", env
         return env
 
-    async def error(self, op: str, target: str | None = None, data: Any = None, **extra: Any) -> dict[str, Any]:
+    async def error(
+        self, op: str, target: str | None = None, data: Any = None, **extra: Any
+    ) -> dict[str, Any]:
         inbox = await self.send(op, target, data, **extra)
         env = await self.reply(inbox)
         assert env["op"] == "error", env
@@ -182,7 +206,7 @@ class WsClient:
         while (left := deadline - time.monotonic()) > 0:
             try:
                 await self._fill(left)
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 break
             got.extend(self.inbox)
             self.inbox.clear()
@@ -204,7 +228,7 @@ class WsClient:
 
 def monitor(url: str, path: str) -> dict[str, Any]:
     """Read nats-server's monitoring endpoint (``/subsz``, ``/jsz``, ``/connz``)."""
-    with urllib.request.urlopen(f"{url}{path}", timeout=5) as r:  # noqa: S310 - loopback
+    with urllib.request.urlopen(f"{url}{path}", timeout=5) as r:
         return json.loads(r.read())  # type: ignore[no-any-return]
 
 

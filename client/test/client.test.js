@@ -473,7 +473,7 @@ test("server restart (1012) reconnects promptly; backpressure (1013) backs off",
 });
 
 test("the attempt counter resets once a connection has been stable", async (t) => {
-  const { net, client } = setup(t, { minDelayMs: 10, maxDelayMs: 10000, random: () => 0.999, stableAfterMs: 20 });
+  const { net, client } = setup(t, { minDelayMs: 10, maxDelayMs: 10000, random: () => 0.999, stableAfterMs: 100 });
   await client.ready();
   /** @type {(number|null)[]} */
   const delays = [];
@@ -489,7 +489,7 @@ test("the attempt counter resets once a connection has been stable", async (t) =
   net.sockets.at(-1)?.drop(1006);
   await until(() => delays.length >= 4 && client.state === "open", "open again");
   assert.ok(delays[3] > delays[2], `${delays}`);
-  await new Promise((r) => setTimeout(r, 40)); // longer than stableAfterMs
+  await new Promise((r) => setTimeout(r, 150)); // longer than stableAfterMs
   net.sockets.at(-1)?.drop(1006);
   await until(() => delays.length >= 5, "drop after stable");
   assert.equal(delays[4], 19, `${delays}`);
@@ -542,6 +542,20 @@ test("a server that never sends cap_update is dropped after connectTimeoutMs and
   await client.ready();
   assert.equal(net.sockets.length, 2);
   assert.equal(net.sockets[0].closedByClient?.code, 4000);
+});
+
+test("an error event without a close event (Node 20 on a refused connection) still reconnects", async (t) => {
+  const { net, client } = setup(t, { connectTimeoutMs: 60_000 }, (n) => {
+    n.script = (sock) => {
+      if (n.sockets.length === 1) sock.onerror?.({}); // no close, readyState stays CONNECTING
+      else { sock.open(); sock.capUpdate(); }
+    };
+  });
+  const disconnected = nextEvent(client, "disconnect");
+  await client.ready();
+  assert.equal((await disconnected).code, 1006);
+  assert.equal(net.sockets.length, 2);
+  assert.equal(net.sockets[0].closedByClient?.code, 1000);
 });
 
 test("client-side ping: answered pongs keep the socket, silence drops it", async (t) => {
@@ -704,6 +718,34 @@ test("KV: after a reconnect, resync (and onResync) comes before the re-hydration
   assert.deepEqual(log, ["a@1 snap", "a@2", "onResync", "resync", "a@2 snap", "a@3"]);
 });
 
+test("KV: the gateway's RESYNC/SYNCED markers frame a server-side re-snapshot", async (t) => {
+  const { net, client } = setup(t);
+  /** @type {string[]} */
+  const log = [];
+  const sub = client.kvSubscribe("todos", "user.alice.>", (e, meta) => log.push(`${e.key}@${e.revision}${meta.snapshot ? " snap" : ""}`), {
+    onResync: () => log.push("onResync"),
+  });
+  sub.on("resync", () => log.push("resync"));
+  sub.on("synced", () => log.push("synced"));
+  await sub.ready;
+  const s = net.sockets[0];
+  const kv = (/** @type {string} */ key, /** @type {number} */ revision, extra = {}) =>
+    ({ op: "msg", target: "kv:todos", data: { key, revision, op: "PUT", value: 1, ...extra } });
+  s.push(kv("user.alice.1", 5));
+  s.push({ op: "msg", target: "kv:todos", data: { op: "RESYNC", pattern: "user.bob.>" } }); // not ours
+  s.push({ op: "msg", target: "kv:todos", data: { op: "RESYNC", pattern: "user.alice.>" } });
+  s.push(kv("user.alice.1", 5, { snapshot: true }), kv("user.alice.2", 6));
+  s.push({ op: "msg", target: "kv:todos", data: { op: "SYNCED", pattern: "user.alice.>" } });
+  s.push(kv("user.alice.2", 7));
+  assert.deepEqual(log, [
+    "synced", // the reply of the first hydration
+    "user.alice.1@5",
+    "onResync", "resync", "user.alice.1@5 snap", "user.alice.2@6 snap", "synced",
+    "user.alice.2@7",
+  ]);
+  assert.equal(sub.state, "active");
+});
+
 test("KV: overlapping watches do not hand the same revision twice to one subscription", async (t) => {
   const { net, client } = setup(t);
   /** @type {string[]} */
@@ -730,7 +772,7 @@ test("cap_update revokes subscriptions: ended as revoked, never re-sent", async 
   const states = within((resolve) => chat.on("state", (s, prev) => resolve(`${prev}->${s}`)), "state");
   net.sockets[0].capUpdate({ subjects: ["notify.alice"] }, [
     { op: "sub", target: "chat.>" },
-    { op: "kv_sub", target: "todos", data: { pattern: "user.alice.>" } },
+    { op: "kv_sub", target: "todos", pattern: "user.alice.>" }, // the gateway's shape
   ]);
   const u = await update;
   assert.deepEqual(u.caps, { subjects: ["notify.alice"] });

@@ -2,7 +2,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
   NatsgateError, base64ToBytes, decodeEnvelope, decodeFrame, decodeJsMessage, decodeKvEntry,
-  decodePayload, encodeEnvelope, errorFromEnvelope, jwtExpiry, parseRevoked, resolveUrl,
+  decodeKvMarker, decodePayload, encodeEnvelope, errorFromEnvelope, jwtExpiry, parseRevoked, resolveUrl,
   splitFrame, withToken,
 } from "../natsgate.js";
 
@@ -60,6 +60,14 @@ test("KV entries: value decoded beside enc inside data", () => {
   assert.equal(decodeKvEntry("x"), null);
 });
 
+test("KV markers are told apart from entries", () => {
+  assert.deepEqual(decodeKvMarker({ op: "RESYNC", pattern: "user.a.>" }), { op: "RESYNC", pattern: "user.a.>" });
+  assert.deepEqual(decodeKvMarker({ op: "SYNCED" }), { op: "SYNCED", pattern: undefined });
+  assert.equal(decodeKvMarker({ key: "k", op: "PUT", revision: 1 }), null);
+  assert.equal(decodeKvMarker({ op: "PUT" }), null);
+  assert.equal(decodeKvMarker(null), null);
+});
+
 test("JetStream messages: payload decoded, headers from the envelope", () => {
   const msg = decodeJsMessage({ op: "msg", target: "js:CHAT", headers: { A: "1" },
     data: { seq: 7, subject: "chat.room.1", payload: "AQ==", enc: "base64", time: "2024-01-01T00:00:00Z" } });
@@ -107,6 +115,10 @@ test("jwtExpiry reads exp (base64url payload) without verifying", () => {
 test("revoked entries in the shapes a server may send", () => {
   assert.deepEqual(parseRevoked({ op: "sub", target: "chat.>" }), { kind: "sub", target: "chat.>", pattern: "chat.>" });
   assert.deepEqual(parseRevoked({ op: "kv_sub", target: "todos", data: { pattern: "user.a.>" } }), { kind: "kv", target: "todos", pattern: "user.a.>" });
+  // what the gateway sends (session.py describe())
+  assert.deepEqual(parseRevoked({ op: "kv_sub", target: "todos", pattern: ">" }), { kind: "kv", target: "todos", pattern: ">" });
+  assert.deepEqual(parseRevoked({ op: "js_sub", target: "CHAT", filter: "chat.room.*" }), { kind: "js", target: "CHAT", pattern: "chat.room.*" });
+  assert.deepEqual(parseRevoked({ op: "js_sub", target: "CHAT" }), { kind: "js", target: "CHAT", pattern: undefined });
   assert.deepEqual(parseRevoked({ kind: "js", stream: "CHAT", filter: "chat.room.*" }), { kind: "js", target: "CHAT", pattern: "chat.room.*" });
   assert.deepEqual(parseRevoked("chat.room.1"), { kind: "sub", target: "chat.room.1", pattern: "chat.room.1" });
   assert.deepEqual(parseRevoked("kv:todos:user.a.>"), { kind: "kv", target: "todos", pattern: "user.a.>" });

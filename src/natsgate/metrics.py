@@ -11,7 +11,9 @@ class Metrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self.connections = Gauge("natsgate_open_connections", "Open WebSocket connections", registry=r)
+        self.connections = Gauge(
+            "natsgate_open_connections", "Open WebSocket connections", registry=r
+        )
         self.connections_total = Counter(
             "natsgate_accepted_connections_total", "Accepted WebSocket connections", registry=r
         )

@@ -332,9 +332,17 @@ def encode_msg(
 
 
 def encode_kv(
-    bucket: str, key: str, revision: int, kv_op: str, value: bytes | None, *, snapshot: bool
+    bucket: str,
+    key: str,
+    revision: int,
+    kv_op: str,
+    value: bytes | None,
+    *,
+    snapshot: bool,
+    sub: str | None = None,
 ) -> bytes:
-    """A KV ``msg``; ``snapshot`` marks current values sent before live changes."""
+    """A KV ``msg``; ``snapshot`` marks current values sent before live changes; ``sub``
+    names the watched key pattern, so overlapping watches can be told apart."""
     body: dict[str, Any] = {"key": key, "revision": revision, "op": kv_op}
     if kv_op == "PUT" and value is not None:
         body["value"], enc = payload_value(value)
@@ -344,16 +352,15 @@ def encode_kv(
         body["value"] = None
     if snapshot:
         body["snapshot"] = True
-    return encode(MsgFrame(target=f"kv:{bucket}", data=Raw(encode(body))))
+    return encode(MsgFrame(target=f"kv:{bucket}", data=Raw(encode(body)), sub=sub))
 
 
 def encode_kv_marker(bucket: str, marker: str, pattern: str) -> bytes:
     """``RESYNC`` (drop what you hold for this pattern; a fresh snapshot follows) or
     ``SYNCED`` (that snapshot is complete): sent when the gateway re-reads a bucket after
     its NATS connection came back."""
-    return encode(
-        MsgFrame(target=f"kv:{bucket}", data=Raw(encode({"op": marker, "pattern": pattern})))
-    )
+    body = Raw(encode({"op": marker, "pattern": pattern}))
+    return encode(MsgFrame(target=f"kv:{bucket}", data=body, sub=pattern))
 
 
 def encode_js(
@@ -363,13 +370,19 @@ def encode_js(
     raw: bytes,
     time: str | None,
     headers: dict[str, str] | None,
+    *,
+    sub: str | None = None,
 ) -> bytes:
+    """A JetStream ``msg``; ``sub`` is the subscription's filter, when it has one."""
     body: dict[str, Any] = {"seq": seq, "subject": subject}
     body["payload"], enc = payload_value(raw)
     if enc:
         body["enc"] = enc
     body["time"] = time
-    return encode(MsgFrame(target=f"js:{stream}", data=Raw(encode(body)), headers=headers or None))
+    frame = MsgFrame(
+        target=f"js:{stream}", data=Raw(encode(body)), headers=headers or None, sub=sub
+    )
+    return encode(frame)
 
 
 def encode_reply(target: str | None, inbox: str | None, data: Any = None, **extra: Any) -> bytes:

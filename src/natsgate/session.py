@@ -28,6 +28,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("natsgate.session")
 
 
+def _really_cancelled() -> bool:
+    """Whether this task is being cancelled, as opposed to a CancelledError that a
+    transport raised from inside (aiohttp cancels its drain waiter on connection loss)."""
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
+
+
 class Transport(Protocol):
     """What a session needs from its WebSocket."""
 
@@ -146,8 +153,14 @@ class Session:
             await asyncio.wait_for(self.transport.close(code, error[1] if error else ""), 1.0)
         except (TimeoutError, ConnectionError, RuntimeError, OSError) as exc:
             log.debug("closing %s: %r", self.user, exc)
-        self.state = State.CLOSED
-        self._closed.set()
+        except asyncio.CancelledError:
+            if _really_cancelled():
+                raise
+            # aiohttp cancels its drain waiter when the peer's transport goes away
+            log.debug("closing %s: the socket went away first", self.user)
+        finally:
+            self.state = State.CLOSED
+            self._closed.set()
 
     def _close_soon(self, code: CloseCode, error: tuple[ErrorCode, str] | None = None) -> None:
         if self.state is State.OPEN:
@@ -192,6 +205,10 @@ class Session:
         except (ConnectionError, RuntimeError, OSError) as exc:
             log.debug("send to %s failed: %r", self.user, exc)
             self._close_soon(CloseCode.GOING_AWAY)
+        except asyncio.CancelledError:
+            if _really_cancelled():
+                raise
+            self._close_soon(CloseCode.GOING_AWAY)  # the transport went away mid-send
 
     async def _keepalive(self) -> None:
         """Ping every interval; close if nothing came back within the timeout (§5)."""

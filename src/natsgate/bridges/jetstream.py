@@ -28,6 +28,7 @@ class JsFeed:
         self.last_seq = last_seq
         opts = op.opts
         self.start_seq = opts.start_seq or None
+        self.filter = opts.filter
         self._outbox = ob = session.outbox
         self.reader = Reader(
             upstream,
@@ -42,7 +43,9 @@ class JsFeed:
     def _on_message(self, msg: Msg, d: Delivery) -> None:
         headers = dict(msg.headers) if msg.headers else None
         self._outbox.push(
-            p.encode_js(self.stream, d.stream_seq, msg.subject, msg.data, d.time, headers)
+            p.encode_js(
+                self.stream, d.stream_seq, msg.subject, msg.data, d.time, headers, sub=self.filter
+            )
         )
 
     async def start(self) -> dict[str, Any]:

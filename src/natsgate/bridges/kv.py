@@ -64,13 +64,22 @@ class KvFeed:
         if not (self.in_snapshot and op != "PUT"):  # a snapshot holds only live keys
             key = msg.subject[len(self._prefix) :]
             self._outbox.push(
-                p.encode_kv(self.bucket, key, d.stream_seq, op, msg.data, snapshot=self.in_snapshot)
+                p.encode_kv(
+                    self.bucket,
+                    key,
+                    d.stream_seq,
+                    op,
+                    msg.data,
+                    snapshot=self.in_snapshot,
+                    sub=self.pattern,
+                )
             )
         if self.in_snapshot and d.pending == 0:
             self._synced()
 
     def _synced(self) -> None:
         self.in_snapshot = False
+        self.reader.wake()  # start() is waiting for this, with a pull still open
         if self._resyncing:
             self._resyncing = False
             self._outbox.push(p.encode_kv_marker(self.bucket, "SYNCED", self.pattern))

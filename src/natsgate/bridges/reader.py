@@ -45,6 +45,7 @@ INACTIVE_S = 30.0  # the server drops a forgotten consumer after this long
 class Delivery:
     """What a JetStream delivery's reply subject says about it."""
 
+    consumer: str
     stream_seq: int
     consumer_seq: int
     timestamp_ns: int
@@ -65,7 +66,7 @@ def parse_ack(reply: str) -> Delivery | None:
         return None
     i = 4 if len(t) == 9 else 6
     try:
-        return Delivery(int(t[i + 1]), int(t[i + 2]), int(t[i + 3]), int(t[i + 4]))
+        return Delivery(t[i - 1], int(t[i + 1]), int(t[i + 2]), int(t[i + 3]), int(t[i + 4]))
     except (ValueError, IndexError):
         return None
 
@@ -203,10 +204,10 @@ class Reader:
     # -------------------------------------------------------------- deliveries
 
     async def _on_delivery(self, msg: Msg) -> None:
-        if msg.subject.rsplit(".", 1)[-1] != str(self._gen):
-            return  # for a consumer made before the last reset
-        self._alive = True
-        if not msg.reply:
+        if not msg.reply:  # a status message, on the pull request's reply subject
+            if msg.subject.rsplit(".", 1)[-1] != str(self._gen):
+                return  # for a pull made before the last reset
+            self._alive = True
             status = (msg.headers or {}).get("Status")
             if status == "100":  # idle heartbeat
                 return
@@ -221,9 +222,10 @@ class Reader:
                     self._finish_pull()
                 return
             return
-        d = parse_ack(msg.reply)
-        if d is None:
-            return
+        d = parse_ack(msg.reply)  # a message keeps its own subject; the reply names the consumer
+        if d is None or d.consumer != self._consumer or self._reset:
+            return  # for a consumer made before the last reset
+        self._alive = True
         if d.consumer_seq != self._cseq + 1:
             log.info(
                 "reader %s: consumer sequence jumped; remaking from %d",
@@ -243,6 +245,10 @@ class Reader:
 
     def _finish_pull(self) -> None:
         self._pull_done = True
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Make :meth:`pump` look at its ``until`` condition now."""
         self._wake.set()
 
     def reset(self) -> None:

@@ -1,0 +1,120 @@
+"""natsgate.client: an asyncio client for the natsgate gateway.
+
+The same operations as the browser library, over one WebSocket: core, KV and JetStream
+subscriptions, publish, command, capability updates as events; reconnects with full-jitter
+backoff, re-subscribes, and resumes JetStream subscriptions where they stopped.
+See ``docs/python-client.md``.
+
+Exceptions: everything the client reports is a :class:`NatsgateError` with a ``code``::
+
+    NatsgateError
+      code: the gateway's error codes (contract section 3): forbidden, not_found, timeout,
+            no_responders, bad_request, limit, unauthorized, ...
+            or the client's own: disconnected, closed, protocol (and timeout)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from .connection import Client, TokenProvider
+from .registry import CapUpdate
+from .subscriptions import (
+    CoreSubscription,
+    JsSubscription,
+    KvSubscription,
+    Subscription,
+    SubState,
+)
+from .wire import (
+    CLOSE_ACTIONS,
+    ClientState,
+    CloseAction,
+    DisconnectInfo,
+    Headers,
+    JsMessage,
+    KvEvent,
+    Message,
+    NatsgateError,
+    ReconnectInfo,
+    backoff_delay,
+    close_action,
+)
+
+
+async def connect(
+    url: str,
+    *,
+    token: str | None = None,
+    token_provider: Callable[[], Awaitable[str | None]] | None = None,
+    headers: dict[str, str] | None = None,
+    min_backoff: float = 0.25,
+    max_backoff: float = 10.0,
+    stable_after: float = 5.0,
+    connect_timeout: float = 10.0,
+    heartbeat: float | None = 20.0,
+) -> Client:
+    """Connect to ``url`` (``ws(s)://host:port/ws``) and wait until the client is OPEN.
+
+    ``token`` is sent as ``Authorization: Bearer`` on the upgrade; ``token_provider`` is
+    called for a fresh token before every reconnect (and the first connect without
+    ``token``).  Reconnect delays grow from ``min_backoff`` to ``max_backoff`` seconds
+    with full jitter and start over once a connection stayed up ``stable_after`` seconds.
+    ``connect_timeout`` bounds this call (failed attempts are retried meanwhile) and each
+    later attempt's upgrade and first ``cap_update``.  ``heartbeat``: seconds between the
+    client's WebSocket pings (a missing pong drops the socket); None turns them off.
+
+    Raises NatsgateError: ``unauthorized``/``forbidden`` when the upgrade is refused,
+    ``disconnected`` when no connection opened within ``connect_timeout``.
+    """
+    client = Client(
+        url,
+        token=token,
+        token_provider=token_provider,
+        headers=headers,
+        min_backoff=min_backoff,
+        max_backoff=max_backoff,
+        stable_after=stable_after,
+        connect_timeout=connect_timeout,
+        heartbeat=heartbeat,
+    )
+    client.start()
+    try:
+        async with asyncio.timeout(connect_timeout):
+            await client.ready()
+    except TimeoutError:
+        await client.close()
+        raise NatsgateError(
+            "disconnected",
+            f"no connection to {url} within {connect_timeout}s (last: {client.last_failure})",
+        ) from None
+    except BaseException:
+        await client.close()
+        raise
+    return client
+
+
+__all__ = [
+    "CLOSE_ACTIONS",
+    "CapUpdate",
+    "Client",
+    "ClientState",
+    "CloseAction",
+    "CoreSubscription",
+    "DisconnectInfo",
+    "Headers",
+    "JsMessage",
+    "JsSubscription",
+    "KvEvent",
+    "KvSubscription",
+    "Message",
+    "NatsgateError",
+    "ReconnectInfo",
+    "SubState",
+    "Subscription",
+    "TokenProvider",
+    "backoff_delay",
+    "close_action",
+    "connect",
+]

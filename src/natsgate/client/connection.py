@@ -1,0 +1,648 @@
+"""The client: one WebSocket at a time, its state machine, and the ops awaiting answers.
+
+One task (``_run``) dials, reads and re-dials; it calls plain-function handlers inline
+while it reads, so the per-message path is one msgspec decode, one dict lookup and one
+call (see ``registry``).  Every task the client starts is in ``_tasks`` and is cancelled
+by :meth:`close`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import random
+from collections.abc import Awaitable, Callable, Coroutine
+from datetime import datetime
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import msgspec
+
+from .events import Emitter
+from .registry import Registry, S
+from .subscriptions import (
+    AnySubscription,
+    CoreSubscription,
+    Handler,
+    JsSubscription,
+    KvSubscription,
+    Subscription,
+    SubState,
+)
+from .wire import (
+    ClientState,
+    CloseAction,
+    DisconnectInfo,
+    Envelope,
+    JsMessage,
+    KvEvent,
+    Message,
+    NatsgateError,
+    Op,
+    ReconnectInfo,
+    backoff_delay,
+    close_action,
+    decode_any,
+    decode_cap_update,
+    decode_envelope,
+    encode,
+    error_from,
+    payload,
+)
+
+log = logging.getLogger("natsgate.client")
+
+TokenProvider = Callable[[], Awaitable[str | None]]
+
+REQUEST_TIMEOUT = 5.0  # seconds for an acknowledgement (pub, unsub, auth, ping)
+MAX_BATCH_BYTES = 256 * 1024  # client frames batch ops up to this (MAX_FRAME_BYTES is 1 MiB)
+NO_CAP_UPDATE = 4000  # our own "close code": the socket opened but no cap_update came
+
+_TRANSITIONS: dict[ClientState, frozenset[ClientState]] = {
+    ClientState.CONNECTING: frozenset({ClientState.OPEN, ClientState.CLOSED}),
+    ClientState.OPEN: frozenset({ClientState.RECONNECTING, ClientState.CLOSED}),
+    ClientState.RECONNECTING: frozenset({ClientState.OPEN, ClientState.CLOSED}),
+    ClientState.CLOSED: frozenset(),
+}
+
+
+def gateway_url(url: str) -> str:
+    """``http(s)`` becomes ``ws(s)``; a URL without a path gets the gateway's ``/ws``."""
+    parts = urlsplit(url)
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    path = parts.path if parts.path not in ("", "/") else "/ws"
+    return urlunsplit((scheme, parts.netloc, path, parts.query, parts.fragment))
+
+
+class _Request:
+    """An op waiting for its ``reply``/``error`` (or ``pong``)."""
+
+    __slots__ = ("fut", "lost_ok")
+
+    def __init__(self, fut: asyncio.Future[Envelope], lost_ok: bool) -> None:
+        self.fut = fut
+        self.lost_ok = lost_ok  # the socket dropping answers it (unsub: nothing is left)
+
+
+class _SubOp:
+    """A (re)subscribe op waiting for its reply; dropped with its connection, since the
+    subscription is sent again on the next one."""
+
+    __slots__ = ("sub",)
+
+    def __init__(self, sub: AnySubscription) -> None:
+        self.sub = sub
+
+
+class Client(Emitter):
+    """Use :func:`natsgate.client.connect`; see ``docs/python-client.md``."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        token_provider: TokenProvider | None = None,
+        headers: dict[str, str] | None = None,
+        min_backoff: float = 0.25,
+        max_backoff: float = 10.0,
+        stable_after: float = 5.0,
+        connect_timeout: float = 10.0,
+        heartbeat: float | None = 20.0,
+        timeout_grace: float = 1.0,
+    ) -> None:
+        self.url = gateway_url(url)
+        self._token = token
+        self._token_provider = token_provider
+        self._headers = dict(headers or {})
+        self._min_backoff = min_backoff
+        self._max_backoff = max(max_backoff, min_backoff)
+        self._stable_after = stable_after
+        self._connect_timeout = connect_timeout
+        self._heartbeat = heartbeat
+        self._grace = timeout_grace
+
+        self._state = ClientState.CONNECTING
+        self._caps: dict[str, Any] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse[Literal[False]] | None = None
+        self._conn_open = False  # this socket got its cap_update
+        self._opened_at = 0.0
+        self._ever_opened = False
+        self._token_stale = token is None  # ask the provider before the next dial
+        self._attempts = 0
+        self._error: NatsgateError | None = None  # why the client is CLOSED
+        self.last_failure = ""  # why the latest attempt or connection ended, for people
+        self._saw_unauthorized = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._run_task: asyncio.Task[None] | None = None
+        self._out: list[bytes] = []
+        self._pending: dict[str, _Request | _SubOp] = {}
+        self._inboxes = itertools.count(1)
+        self._waiters: list[asyncio.Future[None]] = []
+        self._listeners = {}
+        self._subs = Registry()
+
+    # ================================================================== public
+
+    @property
+    def state(self) -> ClientState:
+        return self._state
+
+    @property
+    def caps(self) -> dict[str, Any]:
+        """The capabilities of the latest ``cap_update``."""
+        return self._caps
+
+    @property
+    def subscriptions(self) -> list[AnySubscription]:
+        return list(self._subs)
+
+    def start(self) -> None:
+        """Begin connecting (``connect()`` does this and waits for :meth:`ready`)."""
+        if self._run_task is None and self._state is not ClientState.CLOSED:
+            self._session = aiohttp.ClientSession()
+            self._run_task = self._spawn(self._run(), "natsgate-client")
+
+    async def ready(self) -> None:
+        """Wait until the client is OPEN (a socket is up and its first ``cap_update`` has
+        arrived); raises the reason if the client is or becomes CLOSED. Bound it with
+        ``asyncio.timeout``."""
+        if self._state is ClientState.OPEN:
+            return
+        if self._state is ClientState.CLOSED:
+            raise self._closed_error()
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut
+        finally:
+            if fut in self._waiters:
+                self._waiters.remove(fut)
+
+    async def subscribe(self, subject: str, handler: Handler[Message]) -> CoreSubscription:
+        """A core subscription; returns once the gateway confirmed it."""
+        return await self._add(CoreSubscription(self, subject, handler))
+
+    async def kv_subscribe(
+        self, bucket: str, pattern: str | None, handler: Handler[KvEvent]
+    ) -> KvSubscription:
+        """Watch the keys of ``bucket`` matching ``pattern`` (None: all). Current values
+        reach ``handler`` (``snapshot=True``) before this returns."""
+        return await self._add(KvSubscription(self, bucket, pattern, handler))
+
+    async def js_subscribe(
+        self,
+        stream: str,
+        handler: Handler[JsMessage],
+        *,
+        start_seq: int | None = None,
+        start_time: datetime | str | None = None,
+        batch: int | None = None,
+        filter: str | None = None,
+    ) -> JsSubscription:
+        """Ordered delivery from ``stream``: from ``start_seq`` (inclusive), from
+        ``start_time``, or (neither) only messages stored from now on. Its ``reply_data``
+        holds the stream's ``first_seq``, ``last_seq`` and ``gap``."""
+        sub = JsSubscription(
+            self,
+            stream,
+            handler,
+            start_seq=start_seq,
+            start_time=start_time,
+            batch=batch,
+            filter=filter,
+        )
+        return await self._add(sub)
+
+    async def publish(self, subject: str, data: Any = None, *, ack: bool = True) -> None:
+        """Publish ``data`` (sent to NATS as its JSON encoding). With ``ack`` wait until
+        the gateway has handed it to NATS; without, only until it is written out."""
+        op = Op("pub", target=subject, data=data)
+        if ack:
+            await self._request(op, REQUEST_TIMEOUT)
+            return
+        await self._wait_open(REQUEST_TIMEOUT)
+        self._out.append(encode(op))
+        await self._flush()
+
+    async def command(
+        self,
+        subject: str,
+        data: Any = None,
+        *,
+        timeout: float = 5.0,  # noqa: ASYNC109 - the gateway's timeout_ms, sent on the wire
+    ) -> Any:
+        """A NATS request through the gateway; returns the responder's payload (bytes if
+        it was not text). ``timeout`` (seconds) is the gateway's wait for the responder;
+        the client gives up ``timeout`` + 1 s after sending. Raises NatsgateError:
+        ``timeout``, ``no_responders``, ``forbidden``, ``disconnected`` (the socket was
+        lost meanwhile), ..."""
+        op = Op("cmd", target=subject, data=data, timeout_ms=max(1, round(timeout * 1000)))
+        env = await self._request(op, timeout)
+        return payload(decode_any(env.data), env.enc)
+
+    async def refresh_token(self, token: str) -> None:
+        """The ``auth`` op: extend this connection with a fresh token for the same user;
+        also used for reconnects from now on (unless a token_provider is set)."""
+        await self._request(Op("auth", data={"token": token}), REQUEST_TIMEOUT)
+        self._token = token
+
+    async def ping(self) -> float:
+        """A protocol-level round trip; returns its duration in seconds."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await self._request(Op("ping"), REQUEST_TIMEOUT)
+        return loop.time() - started
+
+    async def close(self) -> None:
+        """Close for good: pending ops fail with ``closed``, every task ends."""
+        self._shut(NatsgateError("closed", "client closed"), emit=False)
+        current = asyncio.current_task()
+        tasks = [t for t in self._tasks if t is not current]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await self._release()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ================================================================== tasks, events
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _transition(self, new: ClientState) -> None:
+        old = self._state
+        if new is old:
+            return
+        if new not in _TRANSITIONS[old]:
+            raise AssertionError(f"client cannot go from {old.value} to {new.value}")
+        self._state = new
+        self._emit("state", new)
+
+    def _closed_error(self) -> NatsgateError:
+        return self._error or NatsgateError("closed", "client is closed")
+
+    def _shut(self, err: NatsgateError, *, emit: bool) -> None:
+        """Become CLOSED: fail what waits, end every subscription. Synchronous, so that
+        nothing can slip in between; tasks and sockets are released by the caller."""
+        if self._state is ClientState.CLOSED:
+            return
+        self._error = err
+        if emit:
+            self._emit("error", err)
+        self._transition(ClientState.CLOSED)
+        self._ws_gone()
+        for fut in self._waiters:
+            if not fut.done():
+                fut.set_exception(err)
+                fut.exception()
+        self._waiters.clear()
+        self._subs.end_all(err)
+
+    async def _release(self) -> None:
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            await ws.close()
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    # ================================================================== the connection
+
+    async def _run(self) -> None:
+        """Dial, serve, and re-dial with backoff until closed (contract sections 2, 5)."""
+        auth_retried = False  # a token refusal already made us ask the provider again
+        try:
+            while True:
+                code, reason, open_for = await self._attempt()
+                if self._state is ClientState.CLOSED:
+                    return
+                if open_for is not None:
+                    auth_retried = False
+                    self._token_stale = True
+                action = close_action(code)
+                if code in (401, 403):  # the upgrade was refused
+                    if code == 403 or not self._ever_opened or self._token_provider is None:
+                        kind = "unauthorized" if code == 401 else "forbidden"
+                        self._shut(NatsgateError(kind, f"upgrade refused: {reason}"), emit=True)
+                        return
+                    if auth_retried:
+                        self._shut(NatsgateError("unauthorized", "fresh token refused"), emit=True)
+                        return
+                    auth_retried = self._token_stale = True
+                elif action is CloseAction.STOP:
+                    err = NatsgateError("forbidden", f"closed by the gateway ({code}): {reason}")
+                    self._emit("disconnect", DisconnectInfo(code, reason, None))
+                    self._shut(err, emit=True)
+                    return
+                elif action is CloseAction.AUTH:
+                    if self._token_provider is None:
+                        err = NatsgateError("unauthorized", reason or "token expired")
+                        self._emit("disconnect", DisconnectInfo(code, reason, None))
+                        self._shut(err, emit=not self._saw_unauthorized)
+                        return
+                    auth_retried = True
+                if open_for is not None and open_for >= self._stable_after:
+                    self._attempts = 0
+                if action is CloseAction.PROMPT:
+                    self._attempts = 0
+                    delay = random.uniform(0, self._min_backoff)
+                else:
+                    delay = backoff_delay(self._attempts, self._min_backoff, self._max_backoff)
+                self._attempts += 1
+                if self._state is ClientState.OPEN:
+                    self._transition(ClientState.RECONNECTING)
+                if open_for is not None:
+                    self._emit("disconnect", DisconnectInfo(code, reason, delay))
+                log.debug("natsgate: reconnecting in %.2fs after %s %s", delay, code, reason)
+                await asyncio.sleep(delay)
+        except Exception as exc:  # a bug: say so and stop rather than hang
+            log.exception("natsgate client failed")
+            self._shut(NatsgateError("internal", f"client failed: {exc!r}"), emit=True)
+        finally:
+            await self._release()
+
+    async def _attempt(self) -> tuple[int, str, float | None]:
+        """One connection: (close code or refused HTTP status, reason, seconds it was
+        OPEN or None if it never was)."""
+        assert self._session is not None
+        try:
+            token = await self._next_token()
+        except Exception as exc:
+            self._emit("error", NatsgateError("unauthorized", f"token_provider failed: {exc!r}"))
+            return 1006, "no token", None
+        headers = dict(self._headers)
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                ws = await self._session.ws_connect(
+                    self.url,
+                    headers=headers,
+                    heartbeat=self._heartbeat,
+                    max_msg_size=0,
+                    decode_text=False,
+                    timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
+                )
+        except aiohttp.WSServerHandshakeError as exc:
+            self.last_failure = f"upgrade refused: {exc.status} {exc.message}"
+            log.debug("natsgate: %s", self.last_failure)
+            return exc.status, exc.message, None
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            self.last_failure = f"cannot connect: {exc!r}"
+            log.debug("natsgate: %s", self.last_failure)
+            return 1006, repr(exc), None
+        self._ws = ws
+        self._conn_open = False
+        self._saw_unauthorized = False
+        code, reason = await self._read(ws)
+        self.last_failure = f"socket closed: {code} {reason}"
+        open_for = None
+        if self._conn_open:
+            open_for = asyncio.get_running_loop().time() - self._opened_at
+        self._ws_gone(code, reason)
+        self._ws = None
+        await ws.close()
+        return code, reason, open_for
+
+    async def _next_token(self) -> str | None:
+        """The token for a dial: as given at first; from the provider (when there is one)
+        once after each lost connection and after each refusal, not on every retry, so
+        that a long outage does not hammer whoever issues tokens."""
+        if self._token_provider is not None and self._token_stale:
+            self._token = await self._token_provider()
+        self._token_stale = False
+        return self._token
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse[Literal[False]]) -> tuple[int, str]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._connect_timeout
+        text, binary, closing = (
+            aiohttp.WSMsgType.TEXT,
+            aiohttp.WSMsgType.BINARY,
+            aiohttp.WSMsgType.CLOSE,
+        )
+        try:
+            while True:
+                if self._conn_open:
+                    msg = await ws.receive()
+                else:  # the first envelope must come soon (contract section 1)
+                    msg = await ws.receive(timeout=max(0.001, deadline - loop.time()))
+                t = msg.type
+                if t is text or t is binary:
+                    self._on_frame(msg.data)
+                    if self._out:
+                        await self._flush()
+                elif t is closing:
+                    return int(msg.data), str(msg.extra or "")
+                else:  # CLOSING, CLOSED, ERROR
+                    return ws.close_code or 1006, repr(ws.exception() or t)
+        except TimeoutError:
+            return NO_CAP_UPDATE, "no cap_update in time"
+
+    def _ws_gone(self, code: int = 1006, reason: str = "") -> None:
+        """The socket is gone: what was in flight fails, subscriptions wait to be re-sent."""
+        self._out.clear()
+        self._conn_open = False
+        lost = NatsgateError("disconnected", f"connection lost ({code} {reason})".strip())
+        if self._state is ClientState.CLOSED:
+            lost = self._closed_error()
+        for sub in self._subs:
+            sub._pause()
+        pending, self._pending = self._pending, {}
+        for p in pending.values():
+            if isinstance(p, _Request) and not p.fut.done():
+                if p.lost_ok:
+                    p.fut.set_result(Envelope("reply"))
+                else:
+                    p.fut.set_exception(lost)
+
+    def _on_open(self) -> None:
+        """First cap_update of a socket: OPEN; re-send every subscription, in order."""
+        self._conn_open = True
+        self._opened_at = asyncio.get_running_loop().time()
+        reconnected = self._ever_opened
+        self._ever_opened = True
+        self._transition(ClientState.OPEN)
+        for sub in self._subs:
+            sub._resending()
+            self._send_sub(sub)
+        for fut in self._waiters:
+            if not fut.done():
+                fut.set_result(None)
+        self._waiters.clear()
+        if reconnected:
+            self._emit("reconnect", ReconnectInfo(self._attempts))
+
+    # ================================================================== sending
+
+    def _next_inbox(self) -> str:
+        return f"{next(self._inboxes):x}"
+
+    async def _flush(self) -> None:
+        """Write queued ops, newline-batched (contract section 1), in order."""
+        while self._out:
+            out, size, n = self._out, 0, 0
+            while n < len(out) and (n == 0 or size + len(out[n]) < MAX_BATCH_BYTES):
+                size += len(out[n]) + 1
+                n += 1
+            frame = out[0] if n == 1 else b"\n".join(out[:n])
+            del out[:n]
+            ws = self._ws
+            if ws is None:
+                out.clear()
+                return
+            try:
+                await ws.send_frame(frame, aiohttp.WSMsgType.TEXT)
+            except (ConnectionError, RuntimeError, OSError) as exc:
+                log.debug("natsgate: send failed: %r", exc)  # the reader sees the close
+                out.clear()
+                return
+
+    async def _wait_open(self, within: float) -> None:
+        if self._state is ClientState.OPEN:
+            return
+        try:
+            async with asyncio.timeout(within):
+                await self.ready()
+        except TimeoutError:
+            raise NatsgateError("disconnected", "not connected to the gateway") from None
+
+    async def _request(self, op: Op, within: float, *, lost_ok: bool = False) -> Envelope:
+        """Send ``op`` with a fresh inbox; its reply envelope, or its error raised (also
+        ``timeout`` when nothing came ``within`` seconds plus the grace)."""
+        await self._wait_open(within)
+        loop = asyncio.get_running_loop()
+        inbox = op.inbox = self._next_inbox()
+        fut: asyncio.Future[Envelope] = loop.create_future()
+        self._pending[inbox] = _Request(fut, lost_ok)
+        self._out.append(encode(op))
+        expiry = loop.call_later(within + self._grace, self._expire, inbox, op)
+        try:
+            await self._flush()
+            return await fut
+        finally:
+            expiry.cancel()
+            self._pending.pop(inbox, None)
+
+    def _expire(self, inbox: str, op: Op) -> None:
+        p = self._pending.pop(inbox, None)
+        if isinstance(p, _Request) and not p.fut.done():
+            p.fut.set_exception(
+                NatsgateError("timeout", f"no answer to {op.op} in time", target=op.target)
+            )
+
+    # ================================================================== subscriptions
+
+    def _send_sub(self, sub: AnySubscription) -> None:
+        op = sub.wire()
+        op.inbox = inbox = self._next_inbox()
+        self._pending[inbox] = _SubOp(sub)
+        self._out.append(encode(op))
+
+    async def _add(self, sub: S) -> S:
+        if self._state is ClientState.CLOSED:
+            raise self._closed_error()
+        self._subs.add(sub)
+        if self._state is ClientState.OPEN:
+            self._send_sub(sub)
+            await self._flush()
+        try:
+            await asyncio.shield(sub._first)
+        except asyncio.CancelledError:
+            self._spawn(self._unsubscribe(sub), "unsubscribe")
+            raise
+        return sub
+
+    async def _unsubscribe(self, sub: Subscription[Any]) -> None:
+        if sub.ended or sub not in self._subs:
+            return
+        assert isinstance(sub, AnySubscription)
+        self._subs.forget(sub)
+        sub._end(SubState.ENDED, NatsgateError("closed", "unsubscribed"))
+        if self._state is not ClientState.OPEN:
+            return  # nothing of it is left at the gateway
+        try:
+            await self._request(sub.unwire(), REQUEST_TIMEOUT, lost_ok=True)
+        except NatsgateError as exc:
+            log.debug("natsgate: %s %s: %s", sub.unop, sub.target, exc)
+
+    # ================================================================== receiving
+
+    def _on_frame(self, frame: bytes) -> None:
+        """Each newline-separated envelope of a frame, in order (contract section 1)."""
+        for line in frame.split(b"\n"):
+            if not line:
+                continue
+            try:
+                env = decode_envelope(line)
+            except msgspec.DecodeError as exc:
+                self._emit("error", NatsgateError("protocol", f"bad envelope: {exc}"))
+                continue
+            op = env.op
+            try:
+                if op == "msg":
+                    self._subs.route(env)
+                elif op == "reply" or op == "pong":
+                    self._on_reply(env)
+                elif op == "error":
+                    self._on_error(env)
+                elif op == "cap_update":
+                    self._on_cap_update(env)
+                # other ops: from a newer gateway; ignored
+            except msgspec.DecodeError as exc:
+                self._emit("error", NatsgateError("protocol", f"bad {op} envelope: {exc}"))
+
+    def _on_reply(self, env: Envelope) -> None:
+        p = self._pending.pop(env.inbox, None) if env.inbox is not None else None
+        if p is None:
+            return  # late (timed out) or not ours
+        if isinstance(p, _Request):
+            if not p.fut.done():
+                p.fut.set_result(env)
+            return
+        data = decode_any(env.data)
+        sub = p.sub
+        sub._on_reply(data if isinstance(data, dict) else {})
+        if isinstance(sub, JsSubscription) and sub.gap and not sub.ended:
+            self._emit("gap", sub)
+
+    def _on_error(self, env: Envelope) -> None:
+        err = error_from(env)
+        p = self._pending.pop(env.inbox, None) if env.inbox is not None else None
+        if p is None:
+            if err.code == "unauthorized":
+                self._saw_unauthorized = True
+            self._emit("error", err)
+            return
+        if isinstance(p, _Request):
+            if not p.fut.done():
+                p.fut.set_exception(err)
+            return
+        sub = p.sub
+        if sub.ended:
+            return
+        first = not sub._first.done()
+        self._subs.forget(sub)
+        sub._end(SubState.ENDED, err)
+        if not first:  # a re-subscribe was refused: nobody awaits it
+            self._emit("error", err)
+
+    def _on_cap_update(self, env: Envelope) -> None:
+        w = decode_cap_update(env.data)
+        self._caps = w.caps
+        self._emit("cap_update", self._subs.revoke(w.caps, w.revoked))
+        if self._ws is not None and not self._conn_open and self._state is not ClientState.CLOSED:
+            self._on_open()

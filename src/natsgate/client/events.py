@@ -1,0 +1,82 @@
+"""The client's events: a small typed emitter (see :meth:`Emitter.on`)."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any, Literal, overload
+
+from .registry import CapUpdate
+from .subscriptions import JsSubscription
+from .wire import ClientState, DisconnectInfo, NatsgateError, ReconnectInfo
+
+log = logging.getLogger("natsgate.client")
+
+Remover = Callable[[], None]
+
+
+class Emitter:
+    """Listeners by event name; a coroutine listener runs in a task its owner spawns."""
+
+    _listeners: dict[str, list[Callable[[Any], object]]]
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> Any:
+        raise NotImplementedError
+
+    @overload
+    def on(self, event: Literal["state"], callback: Callable[[ClientState], object]) -> Remover: ...
+    @overload
+    def on(
+        self, event: Literal["cap_update"], callback: Callable[[CapUpdate], object]
+    ) -> Remover: ...
+    @overload
+    def on(
+        self, event: Literal["error"], callback: Callable[[NatsgateError], object]
+    ) -> Remover: ...
+    @overload
+    def on(
+        self, event: Literal["disconnect"], callback: Callable[[DisconnectInfo], object]
+    ) -> Remover: ...
+    @overload
+    def on(
+        self, event: Literal["reconnect"], callback: Callable[[ReconnectInfo], object]
+    ) -> Remover: ...
+    @overload
+    def on(
+        self, event: Literal["gap"], callback: Callable[[JsSubscription], object]
+    ) -> Remover: ...
+    def on(self, event: str, callback: Callable[[Any], object]) -> Remover:
+        """Call ``callback`` on each ``event``; returns a function that removes it.
+
+        Events: ``state`` (the new ClientState), ``cap_update`` (CapUpdate), ``error``
+        (NatsgateError not tied to an awaited op), ``disconnect`` (DisconnectInfo: an open
+        socket closed), ``reconnect`` (ReconnectInfo: open again, subscriptions re-sent),
+        ``gap`` (a JsSubscription whose resume found messages gone from the stream).
+        Callbacks may be coroutine functions; they then run in a task the client owns.
+        """
+        listeners = self._listeners.setdefault(event, [])
+        listeners.append(callback)
+
+        def remove() -> None:
+            if callback in listeners:
+                listeners.remove(callback)
+
+        return remove
+
+    def _emit(self, event: str, arg: Any) -> None:
+        for callback in list(self._listeners.get(event, ())):
+            try:
+                result = callback(arg)
+            except Exception:
+                log.exception("%s listener failed", event)
+                continue
+            if inspect.iscoroutine(result):
+                self._spawn(self._guard(result, event), f"on-{event}")
+
+    @staticmethod
+    async def _guard(coro: Coroutine[Any, Any, Any], event: str) -> None:
+        try:
+            await coro
+        except Exception:
+            log.exception("%s listener failed", event)

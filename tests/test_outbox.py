@@ -1,0 +1,79 @@
+"""The send queue and the slow-client verdict (no sockets)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from natsgate.outbox import Outbox, OutboxClosed
+
+
+async def test_batches_what_queued_meanwhile() -> None:
+    ob = Outbox(1000, 0.25, lambda: None)
+    ob.push(b"a")
+    assert await ob.take() == (b"a", 1)  # idle socket: at once, alone
+    for f in (b"b", b"c", b"d"):
+        ob.push(f)
+    assert await ob.take() == (b"b\nc\nd", 3)  # busy: one frame, newline-joined
+    assert ob.size == 0
+
+
+async def test_batch_is_bounded_in_bytes() -> None:
+    ob = Outbox(10_000, 0.25, lambda: None, max_batch=10)
+    for _ in range(5):
+        ob.push(b"xxxx")
+    frame, n = await ob.take()
+    assert n == 2 and frame == b"xxxx\nxxxx"
+    big = b"y" * 50
+    ob2 = Outbox(10_000, 0.25, lambda: None, max_batch=10)
+    ob2.push(big)
+    assert await ob2.take() == (big, 1)  # a larger envelope still goes, alone
+
+
+async def test_slow_after_staying_full_for_the_backpressure_time() -> None:
+    slow = asyncio.Event()
+    ob = Outbox(100, 0.05, slow.set)
+    ob.push(b"x" * 150)  # over the bound: the clock starts
+    assert not slow.is_set()
+    await asyncio.wait_for(slow.wait(), 1)
+    assert ob.closed and ob.size == 0
+
+
+async def test_draining_in_time_is_not_slow() -> None:
+    slow = asyncio.Event()
+    ob = Outbox(100, 0.05, slow.set)
+    ob.push(b"x" * 150)
+    await ob.take()  # the writer caught up before the deadline
+    await asyncio.sleep(0.1)
+    assert not slow.is_set() and not ob.closed
+
+
+async def test_hard_bound_is_immediate() -> None:
+    hits = []
+    ob = Outbox(100, 10, lambda: hits.append(1))
+    ob.push(b"x" * 500)
+    assert hits == [1] and ob.closed
+    ob.push(b"more")  # ignored once closed
+    assert ob.size == 0
+
+
+async def test_written_watermarks_and_close() -> None:
+    ob = Outbox(1000, 1, lambda: None)
+    ob.push(b"a")
+    ob.push(b"b")
+    mark = ob.pushed
+    waiter = asyncio.create_task(ob.written_up_to(mark))
+    _, n = await ob.take()
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    ob.sent(n)
+    await asyncio.wait_for(waiter, 1)
+    ob.push(b"c")
+    pending = asyncio.create_task(ob.written_up_to(ob.pushed))
+    await asyncio.sleep(0)
+    ob.close()
+    with pytest.raises(OutboxClosed):
+        await pending
+    with pytest.raises(OutboxClosed):
+        await ob.take()

@@ -21,7 +21,7 @@ echo "== browser library: install, type-check, unit tests"
 (cd client && npx tsc -p tsconfig.json && node --test test/)
 
 echo "== lint and types"
-.venv/bin/ruff check src tests bench
+.venv/bin/ruff check src tests $([ -d bench ] && echo bench)
 .venv/bin/ruff format --check src
 .venv/bin/mypy
 

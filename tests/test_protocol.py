@@ -90,6 +90,17 @@ def test_bad_requests_are_explained() -> None:
         assert needle in e.message, (frame, e.message)
 
 
+def test_invalid_utf8_is_a_bad_request() -> None:
+    """Found by the atheris run: msgspec raised UnicodeDecodeError naming such a field."""
+    for frame in (
+        b'{"op":"pub","targta\xff":{"x":[1,2]}}',
+        b'{"op":"\xff"}',
+        b"\xff\xfe",
+        b'{"type":"subscribe","t\xffpic":"a"}',
+    ):
+        assert err(frame).code is ErrorCode.BAD_REQUEST
+
+
 def test_errors_keep_inbox_and_target() -> None:
     e = err('{"op":"sub","target":"a..b","inbox":"q1"}')
     assert (e.inbox, e.target) == ("q1", "a..b")

@@ -161,6 +161,8 @@ def decode_envelope(raw: bytes) -> ClientOp | ProtocolError:
         op: ClientOp = _decoder.decode(raw)
     except msgspec.DecodeError as exc:  # ValidationError is a DecodeError too
         return _explain(raw, exc)
+    except UnicodeDecodeError:  # msgspec, naming an unknown field that is not UTF-8
+        return ProtocolError(ErrorCode.BAD_REQUEST, "frame is not valid UTF-8")
     if not (type(op.v) is int and op.v == PROTOCOL_VERSION):
         return _error(ErrorCode.UNSUPPORTED_VERSION, f"unsupported version {op.v!r}; use 1", op)
     try:
@@ -202,7 +204,7 @@ def _explain(raw: bytes, exc: msgspec.DecodeError) -> ClientOp | ProtocolError:
     legacy frame, into its op)."""
     try:
         probe = _probe_decoder.decode(raw)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         return ProtocolError(ErrorCode.BAD_REQUEST, "frame is not a JSON object")
     inbox = probe.inbox if isinstance(probe.inbox, str) and len(probe.inbox) <= MAX_INBOX else None
     target = probe.target if isinstance(probe.target, str) else None
@@ -233,7 +235,7 @@ def _legacy(raw: bytes, inbox: str | None) -> ClientOp | ProtocolError:
     """Legacy ``{"type": "subscribe", "topic": ...}`` frames (contract §3)."""
     try:
         legacy = _legacy_decoder.decode(raw)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         return ProtocolError(ErrorCode.BAD_REQUEST, f"legacy frame: {exc}", inbox=inbox)
     op: ClientOp = (
         Sub(target=legacy.topic) if legacy.type == "subscribe" else Unsub(target=legacy.topic)

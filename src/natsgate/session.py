@@ -428,9 +428,12 @@ class Session:
         self._forget(sub)
         if sub.kind is Kind.SUB:
             self.gw.hub.remove(sub.target, self.outbox)
-        elif sub.task is not None:
-            sub.task.cancel()  # its finally stops the feed on the NATS server
-        elif sub.feed is not None:
+            return
+        if sub.task is not None:
+            sub.task.cancel()
+        if sub.feed is not None:
+            # Not left to the task's finally: a task cancelled before it first ran never
+            # enters its try block. stop() is idempotent.
             self._spawn_detached(sub.feed.stop())
 
     def _release_all(self) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -110,6 +111,8 @@ class Reader:
         self.last_seq = 0  # last stream sequence delivered
         self._started = False  # last_seq is meaningful (a consumer was made once)
         self._consumer: str | None = None
+        self._creating: str | None = None  # the name of a consumer being made right now
+        self._stopped = False
         self._gen = 0
         self._cseq = 0  # last consumer sequence seen in this generation
         self._received = 0  # messages of the current pull request
@@ -137,7 +140,11 @@ class Reader:
     async def _create(self) -> api.ConsumerInfo:
         self._gen += 1
         self._cseq = 0
+        # Named by us, so stop() can delete it even while its creation is in flight
+        # (the delete is sent after the create on the same connection, so it lands after).
+        name = self._creating = f"ng{secrets.token_hex(8)}"
         cfg = api.ConsumerConfig(
+            name=name,
             ack_policy=api.AckPolicy.NONE,
             filter_subject=self.filter,
             inactive_threshold=INACTIVE_S,
@@ -166,6 +173,11 @@ class Reader:
             if exc.code == 400:
                 raise ProtocolError(ErrorCode.BAD_REQUEST, _api_text(exc)) from None
             raise
+        finally:
+            self._creating = None
+        if self._stopped:  # stopped while it was being made
+            self._forget_consumer(info.name or name)
+            return info
         old, self._consumer = self._consumer, info.name
         if old:
             self._forget_consumer(old)
@@ -190,15 +202,17 @@ class Reader:
             log.debug("delete consumer %s/%s: %r", self.stream, name, exc)
 
     async def stop(self) -> None:
-        """Release the subscription and delete the consumer now."""
+        """Release the subscription and delete the consumer now. Idempotent."""
+        self._stopped = True
         sub, self._sub = self._sub, None
         if sub is not None:
             try:
                 await sub.unsubscribe()
             except Exception as exc:
                 log.debug("unsubscribe reader inbox: %r", exc)
-        name, self._consumer = self._consumer, None
-        if name:
+        names = [n for n in (self._consumer, self._creating) if n]
+        self._consumer = self._creating = None
+        for name in names:
             await self._delete(name)
 
     # -------------------------------------------------------------- deliveries

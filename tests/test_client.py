@@ -554,7 +554,7 @@ async def test_expired_token_reconnects_with_provider(gateway: Restartable, nc: 
         calls.append(1)
         return tok(user, ttl=2 if len(calls) == 1 else 3600)
 
-    client = await open_client(gateway.ws_url, user, token_provider=provider)
+    client = await open_client(gateway.ws_url, user, token_provider=provider, refresh_before=None)
     plain = await open_client(gateway.ws_url, user, token=tok(user, ttl=2))
     try:
         got: Collect[ng.Message] = Collect()
@@ -574,6 +574,37 @@ async def test_expired_token_reconnects_with_provider(gateway: Restartable, nc: 
     finally:
         await client.close()
         await plain.close()
+
+
+async def test_token_is_refreshed_before_it_expires(gateway: Restartable, nc: NATS) -> None:
+    """With a provider, the client sends a fresh token (the ``auth`` op) ahead of ``exp``:
+    no 4001, no reconnect, the subscription keeps delivering."""
+    user, p = unique("u"), unique("x")
+    assert gateway.gw is not None
+    await gateway.gw.set_caps(user, {"subjects": [f"{p}.>"]})
+    calls: list[int] = []
+    refreshed = asyncio.Event()
+
+    async def provider() -> str:
+        calls.append(1)
+        if len(calls) > 1:
+            refreshed.set()
+        return tok(user, ttl=3 if len(calls) == 1 else 3600)
+
+    client = await open_client(gateway.ws_url, user, token_provider=provider, refresh_before=2)
+    reconnects: Collect[Any] = Collect()
+    client.on("reconnect", reconnects)
+    try:
+        got: Collect[ng.Message] = Collect()
+        await client.subscribe(f"{p}.a", got)
+        await within(refreshed.wait(), 3 * T)
+        await asyncio.sleep(3)  # past the first token's exp: the refresh must have held
+        assert client.state is ng.ClientState.OPEN
+        await nc.publish(f"{p}.a", b"1")
+        await got.count(1)
+        assert reconnects.items == []
+    finally:
+        await client.close()
 
 
 async def test_refresh_token(gateway: Restartable) -> None:

@@ -54,6 +54,7 @@ async def connect(
     stable_after: float = 5.0,
     connect_timeout: float = 10.0,
     heartbeat: float | None = 20.0,
+    refresh_before: float | None = 30.0,
 ) -> Client:
     """Connect to ``url`` (``ws(s)://host:port/ws``) and wait until the client is OPEN.
 
@@ -64,6 +65,9 @@ async def connect(
     ``connect_timeout`` bounds this call (failed attempts are retried meanwhile) and each
     later attempt's upgrade and first ``cap_update``.  ``heartbeat``: seconds between the
     client's WebSocket pings (a missing pong drops the socket); None turns them off.
+    With a ``token_provider``, a fresh token is fetched and sent (the ``auth`` op)
+    ``refresh_before`` seconds before the current one expires, so the connection and its
+    subscriptions live on without a reconnect (None: only at reconnects).
 
     Raises NatsgateError: ``unauthorized``/``forbidden`` when the upgrade is refused,
     ``disconnected`` when no connection opened within ``connect_timeout``.
@@ -78,6 +82,7 @@ async def connect(
         stable_after=stable_after,
         connect_timeout=connect_timeout,
         heartbeat=heartbeat,
+        refresh_before=refresh_before,
     )
     client.start()
     try:

@@ -9,9 +9,12 @@ by :meth:`close`.
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
+import json
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
 from typing import Any, Literal
@@ -68,6 +71,19 @@ _TRANSITIONS: dict[ClientState, frozenset[ClientState]] = {
 }
 
 
+def token_expiry(token: str | None) -> float | None:
+    """The ``exp`` claim of a JWT, read without verifying (the gateway verifies)."""
+    if not token or token.count(".") != 2:
+        return None
+    part = token.split(".")[1]
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    except (ValueError, TypeError):
+        return None
+    exp = claims.get("exp") if isinstance(claims, dict) else None
+    return float(exp) if isinstance(exp, int | float) else None
+
+
 def gateway_url(url: str) -> str:
     """``http(s)`` becomes ``ws(s)``; a URL without a path gets the gateway's ``/ws``."""
     parts = urlsplit(url)
@@ -112,6 +128,7 @@ class Client(Emitter):
         connect_timeout: float = 10.0,
         heartbeat: float | None = 20.0,
         timeout_grace: float = 1.0,
+        refresh_before: float | None = 30.0,
     ) -> None:
         self.url = gateway_url(url)
         self._token = token
@@ -123,6 +140,8 @@ class Client(Emitter):
         self._connect_timeout = connect_timeout
         self._heartbeat = heartbeat
         self._grace = timeout_grace
+        self._refresh_before = refresh_before
+        self._refresher: asyncio.Task[None] | None = None
 
         self._state = ClientState.CONNECTING
         self._caps: dict[str, Any] = {}
@@ -485,6 +504,34 @@ class Client(Emitter):
         self._waiters.clear()
         if reconnected:
             self._emit("reconnect", ReconnectInfo(self._attempts))
+        self._arm_refresh()
+
+    def _arm_refresh(self) -> None:
+        """With a token_provider, send the ``auth`` op with a fresh token before the
+        current one expires, so the connection and its subscriptions live on."""
+        if self._refresher is not None:
+            self._refresher.cancel()
+            self._refresher = None
+        exp = token_expiry(self._token)
+        if self._token_provider is None or exp is None or self._refresh_before is None:
+            return
+        self._refresher = self._spawn(self._refresh_at(exp - self._refresh_before), "refresh")
+
+    async def _refresh_at(self, when: float) -> None:
+        await asyncio.sleep(max(0.0, when - time.time()))
+        assert self._token_provider is not None
+        try:
+            token = await self._token_provider()
+            if token:
+                await self.refresh_token(token)
+        except NatsgateError as exc:
+            self._emit("error", exc)
+            return
+        except Exception as exc:  # the application's callback failed
+            self._emit("error", NatsgateError("unauthorized", f"token_provider failed: {exc!r}"))
+            return
+        self._refresher = None
+        self._arm_refresh()
 
     # ================================================================== sending
 

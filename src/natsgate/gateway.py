@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from typing import Any
 
@@ -50,6 +51,17 @@ class Gateway:
         """Begin connecting to NATS; :attr:`ready` is set once the gateway can serve."""
         self.upstream.start()
         self.track(asyncio.create_task(self._setup(), name="setup"))
+        self.track(asyncio.create_task(self._keepalive(), name="keepalive"))
+
+    async def _keepalive(self) -> None:
+        """One sweep over every connection instead of a ping task per connection."""
+        cfg = self.config
+        tick = max(0.02, min(cfg.ping_interval_s, cfg.ping_timeout_s) / 4)
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            for session in list(self.sessions):
+                session.keepalive(now)
 
     async def _setup(self) -> None:
         while True:

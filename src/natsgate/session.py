@@ -101,6 +101,7 @@ class Session:
             gw.config.outbox_bytes, gw.config.backpressure_ms / 1000, self._on_slow
         )
         self.last_seen = time.monotonic()
+        self._ping_sent: float | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pending_cmds = 0
         self._expiry: asyncio.TimerHandle | None = None
@@ -115,7 +116,6 @@ class Session:
         self.caps = await self.gw.capstore.join(self.user, self)
         self.outbox.push(p.encode_cap_update(self.caps.to_json(), []))
         self._spawn(self._writer(), "writer")
-        self._spawn(self._keepalive(), "keepalive")
         self._arm_expiry()
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
@@ -210,28 +210,35 @@ class Session:
                 raise
             self._close_soon(CloseCode.GOING_AWAY)  # the transport went away mid-send
 
-    async def _keepalive(self) -> None:
-        """Ping every interval; close if nothing came back within the timeout (§5)."""
-        interval, timeout = self.config.ping_interval_s, self.config.ping_timeout_s
-        while True:
-            await asyncio.sleep(interval)
-            sent = time.monotonic()
-            if self.last_seen >= sent - interval:
-                # the client spoke during the interval: it is alive, ping only to keep
-                # intermediaries from timing the socket out
-                try:
-                    await self.transport.ping()
-                except (ConnectionError, RuntimeError, OSError):
-                    return self._close_soon(CloseCode.GOING_AWAY)
-                continue
-            try:
-                await self.transport.ping()
-            except (ConnectionError, RuntimeError, OSError):
-                return self._close_soon(CloseCode.GOING_AWAY)
-            await asyncio.sleep(timeout)
-            if self.last_seen < sent:
-                log.info("closing %s (%s): no pong within %.1fs", self.user, self.remote, timeout)
-                return self._close_soon(CloseCode.NO_PONG)
+    def keepalive(self, now: float) -> None:
+        """Called by the gateway's one sweeper (not a task per connection: memory): ping a
+        client silent for PING_INTERVAL, close it if nothing came back in PING_TIMEOUT."""
+        if self.state is not State.OPEN:
+            return
+        sent = self._ping_sent
+        if sent is not None:
+            if self.last_seen >= sent:
+                self._ping_sent = None  # answered (a pong, or any frame)
+            elif now - sent >= self.config.ping_timeout_s:
+                log.info(
+                    "closing %s (%s): no pong within %.1fs",
+                    self.user,
+                    self.remote,
+                    self.config.ping_timeout_s,
+                )
+                self._close_soon(CloseCode.NO_PONG)
+                return
+            else:
+                return
+        if now - self.last_seen >= self.config.ping_interval_s:
+            self._ping_sent = now
+            self._spawn(self._ping(), "ping")
+
+    async def _ping(self) -> None:
+        try:
+            await self.transport.ping()
+        except (ConnectionError, RuntimeError, OSError):
+            self._close_soon(CloseCode.GOING_AWAY)
 
     def seen(self) -> None:
         self.last_seen = time.monotonic()

@@ -1,0 +1,74 @@
+"""The gateway's own NATS credentials (contract §6): NATS_CREDS, or NATS_JWT + NATS_NKEY,
+against a real nats-server in operator mode that refuses anyone without them."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client as NATS
+
+from natsgate.config import Config
+from natsgate.natsrunner import NatsServer
+
+from . import natsauth
+from .conftest import connect, unique
+from .helpers import start_gateway
+
+
+@pytest.fixture(scope="module")
+def secured(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[NatsServer, natsauth.Decentralised]]:
+    auth = natsauth.make()
+    server = NatsServer(store_dir=tmp_path_factory.mktemp("js"), extra_config=auth.server_config)
+    server.start()
+    yield server, auth
+    server.stop()
+
+
+async def roundtrip(cfg: Config, creds_file: Path) -> None:
+    gw = await start_gateway(cfg)
+    nc: NATS = await nats.connect(cfg.nats_urls[0], user_credentials=str(creds_file))
+    try:
+        user, p = unique("u"), unique("s")
+        await gw.set_caps(user, {"subjects": [f"{p}.>"]})
+        c = await connect(gw, user)
+        await c.ok("sub", f"{p}.a")
+        await nc.publish(f"{p}.a", b'"through an authenticated NATS"')
+        assert (await c.expect(op="msg"))["data"] == "through an authenticated NATS"
+        await c.close()
+    finally:
+        await nc.close()
+        await gw.stop()
+
+
+async def test_anonymous_is_refused(secured: tuple[NatsServer, natsauth.Decentralised]) -> None:
+    server, _ = secured
+    with pytest.raises(nats.errors.Error):
+        await nats.connect(server.url, allow_reconnect=False, max_reconnect_attempts=0)
+
+
+async def test_creds_file(
+    secured: tuple[NatsServer, natsauth.Decentralised], config: Config, tmp_path: Path
+) -> None:
+    server, auth = secured
+    creds = tmp_path / "gateway.creds"
+    creds.write_text(auth.creds())
+    cfg = dataclasses.replace(config, nats_urls=(server.url,), nats_creds=creds)
+    await roundtrip(cfg, creds)
+
+
+async def test_jwt_and_nkey(
+    secured: tuple[NatsServer, natsauth.Decentralised], config: Config, tmp_path: Path
+) -> None:
+    server, auth = secured
+    creds = tmp_path / "other.creds"
+    creds.write_text(auth.creds())
+    cfg = dataclasses.replace(
+        config, nats_urls=(server.url,), nats_jwt=auth.user_jwt, nats_nkey=auth.user_seed
+    )
+    await roundtrip(cfg, creds)

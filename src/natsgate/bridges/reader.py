@@ -290,6 +290,10 @@ class Reader:
         """Deliver until ``until()`` holds (or forever): pull a batch, wait until the
         client took it, pull the next; remake the consumer when needed."""
         while until is None or not until():
+            # Clear first: whatever finishes a pull from here on (even during the awaits
+            # below) leaves the event set, so the wait at the bottom cannot miss it.
+            self._wake.clear()
+            self._alive = False
             if self._reset:
                 await self._remake()
                 continue
@@ -303,8 +307,6 @@ class Reader:
                     log.debug("pull failed: %r", exc)
                     self._reset = True
                     continue
-            self._wake.clear()
-            self._alive = False
             try:
                 await asyncio.wait_for(self._wake.wait(), HEARTBEAT_S * 2 + 1)
             except TimeoutError:

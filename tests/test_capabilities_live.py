@@ -76,3 +76,18 @@ async def test_every_connection_of_the_user_is_updated(gw: Gw) -> None:
         upd = await c.expect(lambda e: e["op"] == "cap_update" and e["data"]["caps"]["subjects"])
         assert upd["data"]["caps"]["subjects"] == ["z.>"]
         await c.close()
+
+
+async def test_no_change_is_missed_under_rapid_updates(gw: Gw) -> None:
+    """Regression: a core subscriber may see a KV write before JetStream stored it, so
+    reading the key back could return the old revision and lose a revocation. Every one of
+    many quick updates must arrive, in order."""
+    user = unique("u")
+    await gw.set_caps(user, {"subjects": ["a.0"]})
+    c = await connect(gw, user)
+    for i in range(1, 201):
+        await gw.set_caps(user, {"subjects": [f"a.{i}"]})
+        await c.expect(
+            lambda e, i=i: e["op"] == "cap_update" and e["data"]["caps"]["subjects"] == [f"a.{i}"]
+        )
+    await c.close()

@@ -1,11 +1,15 @@
 """Live capabilities: the ``auth_users`` bucket, watched for every connected user.
 
-One core subscription per process on ``$KV.<bucket>.>`` (the subject every KV write of that
-bucket is published on) tells which key changed; the changed key is then read back with a
-KV ``get`` and applied only if its revision is newer.  This costs the NATS server one
-subscription per gateway, not one watcher per connection, and the events cannot reorder
-state: they only say "look again".  After a NATS reconnect every cached user is read again,
-since changes may have been missed while away.
+One ordered reader per process follows every write to the bucket as JetStream stores it
+(value and revision together), and applies it to the connected user it names.  A user's
+document is read once with a KV ``get`` when the first connection of that user arrives;
+from then on only a newer revision replaces it, whichever of the two paths brings it.
+
+Why not a core subscription on ``$KV.<bucket>.>`` plus a ``get``: a core subscriber can
+see the write before JetStream has stored it, so the ``get`` may return the old value and a
+revocation would be missed.  Why not a watcher per connection: that is a consumer on the
+NATS server for every browser.  After a NATS outage the reader resumes after the last
+revision it applied, so no change made meanwhile is lost.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from nats.aio.msg import Msg
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
+from .bridges.kv import kv_op
+from .bridges.reader import Delivery, Reader, Start
 from .capabilities import NONE, Capabilities
 from .upstream import Upstream
 
@@ -29,15 +35,13 @@ class CapListener(Protocol):
 
 
 class _User:
-    __slots__ = ("caps", "dirty", "listeners", "loaded", "refreshing", "revision")
+    __slots__ = ("caps", "listeners", "loaded", "revision")
 
     def __init__(self) -> None:
         self.caps: Capabilities = NONE
-        self.revision = 0
+        self.revision = 0  # of the document in ``caps``; only a higher one replaces it
         self.listeners: dict[CapListener, None] = {}
         self.loaded: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.refreshing = False
-        self.dirty = False
 
 
 async def ensure_bucket(upstream: Upstream, bucket: str) -> KeyValue:
@@ -50,6 +54,10 @@ async def ensure_bucket(upstream: Upstream, bucket: str) -> KeyValue:
         return await js.create_key_value(bucket=bucket, history=1)
 
 
+async def _nothing_to_wait_for() -> None:
+    return None
+
+
 class CapStore:
     def __init__(self, upstream: Upstream, bucket: str) -> None:
         self.upstream = upstream
@@ -57,28 +65,77 @@ class CapStore:
         self._prefix = f"$KV.{bucket}."
         self._users: dict[str, _User] = {}
         self._kv: KeyValue | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._reader: Reader | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._loads: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
+        if self._reader is not None:
+            return
         self._kv = await ensure_bucket(self.upstream, self.bucket)
-        await self.upstream.nc.subscribe(self._prefix + ">", cb=self._on_change)
-        self.upstream.on_reconnect(self._refresh_all)
+        reader = Reader(
+            self.upstream,
+            f"KV_{self.bucket}",
+            self._prefix + ">",
+            Start(),  # writes from now on; documents before it are read with get()
+            256,
+            self._on_write,
+            _nothing_to_wait_for,
+        )
+        await reader.open()
+        self._reader = reader
+        self._task = asyncio.create_task(reader.pump(), name="capabilities")
+        self.upstream.on_reconnect(self._kick)
+
+    async def _kick(self) -> None:
+        if self._reader is not None:
+            self._reader.reset()  # resume after the last write seen, now
+
+    def _on_write(self, msg: Msg, d: Delivery) -> None:
+        user = msg.subject[len(self._prefix) :]
+        u = self._users.get(user)
+        if u is None:
+            return
+        caps = Capabilities.parse(msg.data) if kv_op(msg) == "PUT" else NONE
+        self._apply(u, caps, d.stream_seq)
+
+    def _apply(self, u: _User, caps: Capabilities, revision: int) -> None:
+        if revision <= u.revision:
+            return
+        u.caps, u.revision = caps, revision
+        if u.loaded.done():
+            for listener in list(u.listeners):
+                listener.caps_changed(caps)
 
     async def join(self, user: str, listener: CapListener) -> Capabilities:
         """The user's capabilities now; ``listener`` hears of every change until it leaves."""
         u = self._users.get(user)
         if u is None:
             u = self._users[user] = _User()
-            u.listeners[listener] = None
-            self._refresh(user, u)
-        else:
-            u.listeners[listener] = None
+            task = asyncio.create_task(self._load(user, u))
+            self._loads.add(task)
+            task.add_done_callback(self._loads.discard)
+        u.listeners[listener] = None
         try:
             await asyncio.shield(u.loaded)
         except BaseException:
             self.leave(user, listener)
             raise
         return u.caps
+
+    async def _load(self, user: str, u: _User) -> None:
+        try:
+            caps, revision = await self._get(user)
+        except Exception as exc:
+            log.warning("cannot read capabilities of %s: %r", user, exc)
+            if self._users.get(user) is u:
+                del self._users[user]
+            u.loaded.set_exception(exc)
+            u.loaded.exception()  # retrieved: each joiner re-raises it
+            return
+        if revision >= u.revision:  # a write the reader brought meanwhile may be newer
+            u.caps, u.revision = caps, revision
+        u.loaded.set_result(None)
 
     def leave(self, user: str, listener: CapListener) -> None:
         u = self._users.get(user)
@@ -91,51 +148,6 @@ class CapStore:
     def current(self, user: str) -> Capabilities:
         u = self._users.get(user)
         return u.caps if u else NONE
-
-    async def _on_change(self, msg: Msg) -> None:
-        user = msg.subject[len(self._prefix) :]
-        u = self._users.get(user)
-        if u is not None:
-            self._refresh(user, u)
-
-    async def _refresh_all(self) -> None:
-        for user, u in list(self._users.items()):
-            self._refresh(user, u)
-
-    def _refresh(self, user: str, u: _User) -> None:
-        if u.refreshing:
-            u.dirty = True
-            return
-        u.refreshing = True
-        task = asyncio.create_task(self._read(user, u))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _read(self, user: str, u: _User) -> None:
-        try:
-            while True:
-                u.dirty = False
-                try:
-                    caps, revision = await self._get(user)
-                except Exception as exc:
-                    log.warning("cannot read capabilities of %s: %r", user, exc)
-                    if not u.loaded.done():
-                        u.loaded.set_exception(exc)
-                        u.loaded.exception()
-                        self._users.pop(user, None)
-                    return
-                if revision != u.revision or not u.loaded.done():
-                    changed = u.loaded.done()
-                    u.caps, u.revision = caps, revision
-                    if not u.loaded.done():
-                        u.loaded.set_result(None)
-                    if changed:
-                        for listener in list(u.listeners):
-                            listener.caps_changed(caps)
-                if not u.dirty:
-                    return
-        finally:
-            u.refreshing = False
 
     async def read(self, user: str) -> Capabilities:
         """The stored capabilities of any user, connected or not (``/auth/me``)."""
@@ -156,7 +168,10 @@ class CapStore:
         return Capabilities.parse(entry.value), entry.revision or 0
 
     async def close(self) -> None:
-        for task in list(self._tasks):
+        tasks = [t for t in (self._task, *self._loads) if t is not None]
+        for task in tasks:
             task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._reader is not None:
+            await self._reader.stop()

@@ -72,3 +72,35 @@ async def test_jwt_and_nkey(
         config, nats_urls=(server.url,), nats_jwt=auth.user_jwt, nats_nkey=auth.user_seed
     )
     await roundtrip(cfg, creds)
+
+
+def test_user_commands_use_the_credentials(
+    secured: tuple[NatsServer, natsauth.Decentralised], tmp_path: Path
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    server, auth = secured
+    creds = tmp_path / "cli.creds"
+    creds.write_text(auth.creds())
+    env = {
+        **os.environ,
+        "NATS_URL": server.url,
+        "AUTH_BUCKET": unique("caps_"),
+        "AUTH_CREDS_BUCKET": unique("creds_"),
+    }
+    env.pop("NATS_CREDS", None)
+    cmd = [sys.executable, "-m", "natsgate", "user", "add", "dave"]
+    refused = subprocess.run(cmd, env=env, input="pw\n", capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and "cannot connect to NATS" in refused.stderr
+    ok = subprocess.run(
+        cmd,
+        env={**env, "NATS_CREDS": str(creds)},
+        input="pw\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "user dave added" in ok.stdout

@@ -237,8 +237,6 @@ def cmd_serve(args: argparse.Namespace, argv: list[str], *, demo: bool) -> int:
 
 
 async def _with_nats(action: object) -> int:
-    import nats as nats_mod
-
     from .metrics import Metrics
     from .upstream import Upstream
 
@@ -248,12 +246,9 @@ async def _with_nats(action: object) -> int:
         return _fail(str(exc))
     up = Upstream(cfg, Metrics())
     try:
-        up.nc = await nats_mod.connect(
-            list(cfg.nats_urls), connect_timeout=3, max_reconnect_attempts=0
-        )
+        await up.connect_once()  # with NATS_CREDS or NATS_JWT + NATS_NKEY, like serve
     except Exception as exc:
         return _fail(f"cannot connect to NATS at {cfg.nats_url}: {exc}", 1)
-    up._js = up.nc.jetstream()
     try:
         return await action(up, cfg)  # type: ignore[operator, no-any-return]
     finally:

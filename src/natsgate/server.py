@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sysconfig
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,13 +32,13 @@ COOKIE = "jwt"
 
 
 def web_dir() -> tuple[Path, Path]:
-    """(the browser library, the demo folder): inside the installed package, or in the
-    source tree when running from a checkout."""
-    packaged = Path(__file__).parent / "web"
-    if (packaged / "natsgate.js").is_file():
-        return packaged / "natsgate.js", packaged / "demo"
+    """(the browser library, the demo folder): from the source tree when running from a
+    checkout (so edits show at once), else from the wheel's ``natsgate_web`` folder."""
     root = Path(__file__).resolve().parents[2]
-    return root / "client" / "natsgate.js", root / "demo"
+    if (root / "client" / "natsgate.js").is_file():
+        return root / "client" / "natsgate.js", root / "demo"
+    packaged = Path(sysconfig.get_path("purelib")) / "natsgate_web"
+    return packaged / "natsgate.js", packaged / "demo"
 
 
 # ------------------------------------------------------------------ the socket

@@ -48,6 +48,7 @@ class Feed(Protocol):
 
     async def start(self) -> dict[str, Any]: ...  # snapshot / set-up; extra reply fields
     async def run(self) -> None: ...  # live delivery until cancelled
+    def halt(self) -> None: ...  # deliver nothing more, at once
     async def stop(self) -> None: ...  # release what it holds on the NATS server
 
 
@@ -436,6 +437,8 @@ class Session:
         if sub.kind is Kind.SUB:
             self.gw.hub.remove(sub.target, self.outbox)
             return
+        if sub.feed is not None:
+            sub.feed.halt()  # deliveries already queued in the NATS client are dropped
         if sub.task is not None:
             sub.task.cancel()
         if sub.feed is not None:

@@ -7,7 +7,9 @@ One connection per gateway process; every session shares it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 import nats
@@ -20,6 +22,7 @@ from .metrics import Metrics
 log = logging.getLogger("natsgate.nats")
 
 Listener = Callable[[], Awaitable[None]]
+WARN_EVERY_S = 2.0
 
 
 def _creds(jwt: str, seed: str) -> RawCredentials:
@@ -34,6 +37,15 @@ def _creds(jwt: str, seed: str) -> RawCredentials:
     )
 
 
+def credentials(c: Config) -> dict[str, object]:
+    """nats-py options for NATS_CREDS, or NATS_JWT + NATS_NKEY (contract §6)."""
+    if c.nats_creds:
+        return {"user_credentials": str(c.nats_creds)}
+    if c.nats_jwt and c.nats_nkey:
+        return {"user_credentials": _creds(c.nats_jwt, c.nats_nkey)}
+    return {}
+
+
 class Upstream:
     def __init__(self, config: Config, metrics: Metrics) -> None:
         self.config = config
@@ -45,6 +57,7 @@ class Upstream:
         self._on_disconnect: list[Callable[[], None]] = []
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._last_warning = -WARN_EVERY_S
 
     @property
     def connected(self) -> bool:
@@ -94,13 +107,24 @@ class Upstream:
             self._ready.set()
             return
 
+    async def connect_once(self) -> None:
+        """One connection attempt with the configured credentials and no retries, for
+        short-lived commands (``natsgate user``)."""
+        c = self.config
+        self.nc = await nats.connect(
+            servers=list(c.nats_urls),
+            name=f"{c.nats_name}-cli",
+            connect_timeout=3,
+            allow_reconnect=False,
+            max_reconnect_attempts=0,
+            **credentials(c),
+        )
+        self._js = self.nc.jetstream()
+        self._ready.set()
+
     async def _connect(self) -> None:
         c = self.config
-        opts: dict[str, object] = {}
-        if c.nats_creds:
-            opts["user_credentials"] = str(c.nats_creds)
-        elif c.nats_jwt and c.nats_nkey:
-            opts["user_credentials"] = _creds(c.nats_jwt, c.nats_nkey)
+        opts = credentials(c)
         self.nc = await nats.connect(
             servers=list(c.nats_urls),
             name=c.nats_name,
@@ -136,8 +160,21 @@ class Upstream:
                 log.exception("reconnect listener failed")
 
     async def _error(self, exc: Exception) -> None:
-        if not self._closing:
+        """nats-py retries on its own, at start-up too; say what fails, naming the URL, at
+        most every few seconds."""
+        if self._closing:
+            return
+        if self.nc.is_connected:
             log.debug("NATS client error: %r", exc)
+            return
+        now = time.monotonic()
+        if now - self._last_warning >= WARN_EVERY_S:
+            self._last_warning = now
+            log.warning(
+                "cannot reach NATS at %s: %s; retrying",
+                self.config.nats_url,
+                str(exc) or type(exc).__name__,
+            )
 
     async def _closed(self) -> None:
         self.metrics.nats_connected.set(0)
@@ -146,11 +183,14 @@ class Upstream:
         """Drain: deliver what is in flight, then disconnect."""
         self._closing = True
         if self._task is not None and not self._task.done():
-            self._task.cancel()
+            self._task.cancel()  # still connecting: stop trying
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
         if self.nc.is_connected:
             try:
                 await asyncio.wait_for(self.nc.drain(), 5)
             except Exception as exc:
                 log.debug("NATS drain: %r", exc)
-        if not self.nc.is_closed:
-            await self.nc.close()
+        if self._ready.is_set() and not self.nc.is_closed:
+            with contextlib.suppress(Exception):
+                await self.nc.close()

@@ -58,6 +58,9 @@ class JsFeed:
     async def run(self) -> None:
         await self.reader.pump()
 
+    def halt(self) -> None:
+        self.reader.halt()
+
     async def stop(self) -> None:
         await self.reader.stop()
 

@@ -102,6 +102,9 @@ class KvFeed:
     async def run(self) -> None:
         await self.reader.pump()
 
+    def halt(self) -> None:
+        self.reader.halt()
+
     async def stop(self) -> None:
         await self.reader.stop()
 

@@ -201,6 +201,11 @@ class Reader:
         except Exception as exc:  # gone already, or NATS away: inactive_threshold cleans up
             log.debug("delete consumer %s/%s: %r", self.stream, name, exc)
 
+    def halt(self) -> None:
+        """Deliver nothing more, from now on (synchronous: a revocation must not let a
+        delivery already queued in the NATS client through). :meth:`stop` frees the rest."""
+        self._stopped = True
+
     async def stop(self) -> None:
         """Release the subscription and delete the consumer now. Idempotent."""
         self._stopped = True
@@ -218,6 +223,8 @@ class Reader:
     # -------------------------------------------------------------- deliveries
 
     async def _on_delivery(self, msg: Msg) -> None:
+        if self._stopped:
+            return
         if not msg.reply:  # a status message, on the pull request's reply subject
             if msg.subject.rsplit(".", 1)[-1] != str(self._gen):
                 return  # for a pull made before the last reset

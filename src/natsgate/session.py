@@ -88,6 +88,29 @@ class Subscription:
 
 
 class Session:
+    # slots: thousands of these live at once (memory per idle connection is a target)
+    __slots__ = (
+        "__weakref__",
+        "_closed",
+        "_expiry",
+        "_pending_cmds",
+        "_ping_sent",
+        "_refill_at",
+        "_tasks",
+        "_tokens",
+        "caps",
+        "config",
+        "exp",
+        "gw",
+        "last_seen",
+        "outbox",
+        "remote",
+        "state",
+        "subs",
+        "transport",
+        "user",
+    )
+
     def __init__(self, gw: Gateway, transport: Transport, identity: Identity, remote: str) -> None:
         self.gw = gw
         self.config = gw.config
@@ -108,7 +131,7 @@ class Session:
         self._expiry: asyncio.TimerHandle | None = None
         self._tokens = float(gw.config.rate_burst)
         self._refill_at = time.monotonic()
-        self._closed = asyncio.Event()
+        self._closed: asyncio.Future[None] | None = None  # made when someone waits
 
     # ------------------------------------------------------------------ life cycle
 
@@ -126,14 +149,18 @@ class Session:
         return task
 
     async def wait_closed(self) -> None:
-        await self._closed.wait()
+        if self.state is State.CLOSED:
+            return
+        if self._closed is None:
+            self._closed = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._closed)
 
     async def close(
         self, code: CloseCode = CloseCode.NORMAL, error: tuple[ErrorCode, str] | None = None
     ) -> None:
         """End the connection and free everything it held. Safe to call more than once."""
         if self.state is not State.OPEN:
-            await self._closed.wait()
+            await self.wait_closed()
             return
         self.state = State.CLOSING
         self.outbox.close()
@@ -161,7 +188,8 @@ class Session:
             log.debug("closing %s: the socket went away first", self.user)
         finally:
             self.state = State.CLOSED
-            self._closed.set()
+            if self._closed is not None and not self._closed.done():
+                self._closed.set_result(None)
 
     def _close_soon(self, code: CloseCode, error: tuple[ErrorCode, str] | None = None) -> None:
         if self.state is State.OPEN:

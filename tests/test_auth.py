@@ -159,14 +159,18 @@ def test_unknown_user_costs_the_same() -> None:
     stored = pw.hash("x")
 
     def cost(stored_hash: str | None) -> float:
-        t0 = time.perf_counter()
-        for _ in range(3):
+        # the least of several tries: robust to a busy machine (argon2 dominates each)
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
             pw.verify(stored_hash, "guess")
-        return time.perf_counter() - t0
+            times.append(time.perf_counter() - t0)
+        return min(times)
 
     known, unknown = cost(stored), cost(None)
     assert not pw.verify(None, "natsgate-no-such-user")
-    assert 0.5 < unknown / known < 2.0
+    # a skipped check would be ~1000x cheaper; the same argon2 work is within noise
+    assert 0.33 < unknown / known < 3.0
 
 
 async def test_secrets_never_reach_the_log(

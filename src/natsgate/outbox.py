@@ -1,20 +1,25 @@
 """One connection's bounded send queue and the slow-client verdict (contract section 5).
 
 Producers (fan-out, bridges, replies) call :meth:`Outbox.push`, which never blocks: fan-out
-must not wait on one slow socket (centrifuge ``writer.go``).  The writer takes everything
-queued at once and sends it as one newline-joined frame, so an idle socket gets each
-message at once and a busy one gets batches.  When the queue has stayed over its byte bound
-for ``backpressure_s`` (a frame "could not be queued within 250 ms"), or grows past a hard
+must not wait on one slow socket (centrifuge ``writer.go``).  A push marks the outbox ready;
+the :class:`Flusher` then writes every ready outbox once, at the end of the current event
+loop step: everything queued goes out as one newline-joined frame.  So an idle socket gets
+each message at once, a busy one gets batches, and no task per connection is woken per
+message (nor kept in memory).  When the queue has stayed over its byte bound for
+``backpressure_s`` (a frame "could not be queued within 250 ms"), or grows past a hard
 bound, the owner is told the client is slow.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Callable
+from typing import Protocol
 
 NEWLINE = b"\n"
+log = logging.getLogger("natsgate.outbox")
 
 
 class OutboxClosed(Exception):
@@ -27,7 +32,9 @@ class Outbox:
         "_frames",
         "_hard_limit",
         "_loop",
+        "_on_ready",
         "_on_slow",
+        "_ready",
         "_timer",
         "_waiter",
         "_watermarks",
@@ -45,6 +52,7 @@ class Outbox:
         backpressure_s: float,
         on_slow: Callable[[], None],
         *,
+        on_ready: Callable[[], None] | None = None,
         max_batch: int = 65_536,
     ) -> None:
         self.limit = limit  # bytes queued before the backpressure clock starts
@@ -52,6 +60,8 @@ class Outbox:
         self.backpressure_s = backpressure_s
         self.max_batch = max_batch  # bytes per outgoing frame (a larger single envelope goes alone)
         self._on_slow = on_slow
+        self._on_ready = on_ready  # told once per flush round that something is queued
+        self._ready = False
         self._frames: deque[bytes] = deque()
         self.size = 0
         self.pushed = 0  # frames ever pushed
@@ -73,6 +83,9 @@ class Outbox:
         self._frames.append(frame)
         self.size += len(frame)
         self.pushed += 1
+        if not self._ready and self._on_ready is not None:
+            self._ready = True
+            self._on_ready()
         w = self._waiter
         if w is not None and not w.done():
             w.set_result(None)
@@ -103,7 +116,28 @@ class Outbox:
                 await self._waiter
             finally:
                 self._waiter = None
+        batch = self.next_batch()
+        assert batch is not None
+        return batch
+
+    def flush(self, write: Callable[[bytes, int], bool]) -> bool:
+        """Write everything queued, in frames of up to ``max_batch`` bytes. ``write``
+        returns False when the socket is congested: then stop and return False, the rest
+        waits for the socket to drain (and counts towards backpressure)."""
+        self._ready = False
+        while (batch := self.next_batch()) is not None:
+            ok = write(*batch)
+            self.sent(batch[1])
+            if not ok:
+                return False
+        return True
+
+    def next_batch(self) -> tuple[bytes, int] | None:
+        """Up to ``max_batch`` bytes of queued envelopes as one newline-joined frame, and how
+        many envelopes it holds; None when nothing is queued."""
         frames = self._frames
+        if not frames:
+            return None
         first = frames.popleft()
         if not frames:
             out, count, nbytes = first, 1, len(first)
@@ -164,3 +198,35 @@ class Outbox:
                 fut.set_exception(OutboxClosed())
                 fut.exception()  # mark retrieved: nobody may be waiting any more
         self._watermarks = []
+
+
+class Flushable(Protocol):
+    def flush(self) -> None: ...
+
+
+class Flusher:
+    """Writes every outbox that became ready during this event loop step, once, right
+    after it: fan-out of one NATS message to N sockets is N pushes and one pass of writes,
+    and a burst of messages handled in one step leaves as one frame per socket."""
+
+    __slots__ = ("_loop", "_ready", "_scheduled")
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._ready: list[Flushable] = []
+        self._scheduled = False
+
+    def add(self, item: Flushable) -> None:
+        self._ready.append(item)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._run)
+
+    def _run(self) -> None:
+        self._scheduled = False
+        ready, self._ready = self._ready, []
+        for item in ready:
+            try:
+                item.flush()
+            except Exception:  # one broken connection must not stall the others
+                log.exception("flushing %r failed", item)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import sysconfig
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from .session import Session
 log = logging.getLogger("natsgate.http")
 
 GATEWAY_KEY = web.AppKey("gateway", Gateway)
+_H16 = struct.Struct("!BBH")  # WebSocket frame header, 16-bit length (RFC 6455 §5.2)
+_H64 = struct.Struct("!BBQ")
 LOGIN_TTL_S = 12 * 3600
 COOKIE = "jwt"
 
@@ -45,15 +48,37 @@ def web_dir() -> tuple[Path, Path]:
 
 
 class AiohttpTransport:
-    """The session's view of an aiohttp WebSocket."""
+    """The session's view of an aiohttp WebSocket.
 
-    __slots__ = ("ws",)
+    Text frames are written straight to the asyncio transport (server frames are not
+    masked, and compression is off): synchronous, so the flusher can write to every ready
+    socket in one pass without a task per connection. Pings and the close handshake still
+    go through aiohttp, which writes whole frames to the same transport.
+    """
 
-    def __init__(self, ws: web.WebSocketResponse) -> None:
+    __slots__ = ("_protocol", "_transport", "ws")
+
+    def __init__(self, ws: web.WebSocketResponse, request: web.Request) -> None:
         self.ws = ws
+        self._transport = request.transport
+        self._protocol = request.protocol
 
-    async def send(self, frame: bytes) -> None:
-        await self.ws.send_frame(frame, WSMsgType.TEXT)
+    def write(self, frame: bytes) -> bool:
+        t = self._transport
+        if t is None or t.is_closing():
+            raise ConnectionResetError("the socket is closed")
+        n = len(frame)
+        if n < 126:
+            header = bytes((0x81, n))
+        elif n < 65536:
+            header = _H16.pack(0x81, 126, n)
+        else:
+            header = _H64.pack(0x81, 127, n)
+        t.write(header + frame)
+        return not self._protocol.writing_paused
+
+    async def drained(self) -> None:
+        await self._protocol._drain_helper()
 
     async def ping(self) -> None:
         await self.ws.ping()
@@ -107,7 +132,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         max_msg_size=cfg.max_frame_bytes, autoping=False, compress=False, decode_text=False
     )
     await ws.prepare(request)
-    session = Session(gw, AiohttpTransport(ws), ident, remote)
+    session = Session(gw, AiohttpTransport(ws, request), ident, remote)
     gw.sessions.add(session)
     gw.conns_by_ip[remote] += 1
     gw.metrics.connections.inc()
@@ -239,6 +264,7 @@ async def healthz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY_KEY]
     gw.metrics.nats_subscriptions.set(len(gw.hub))
+    gw.export_traffic()
     body = generate_latest(gw.metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -38,7 +38,8 @@ def _really_cancelled() -> bool:
 class Transport(Protocol):
     """What a session needs from its WebSocket."""
 
-    async def send(self, frame: bytes) -> None: ...
+    def write(self, frame: bytes) -> bool: ...  # one text frame; False: congested
+    async def drained(self) -> None: ...  # until the socket takes writes again
     async def ping(self) -> None: ...
     async def close(self, code: int, reason: str) -> None: ...
 
@@ -92,6 +93,7 @@ class Session:
     __slots__ = (
         "__weakref__",
         "_closed",
+        "_congested",
         "_expiry",
         "_pending_cmds",
         "_ping_sent",
@@ -122,8 +124,12 @@ class Session:
         self.caps: Capabilities = Capabilities()
         self.subs: dict[tuple[Kind, str, str], Subscription] = {}
         self.outbox = Outbox(
-            gw.config.outbox_bytes, gw.config.backpressure_ms / 1000, self._on_slow
+            gw.config.outbox_bytes,
+            gw.config.backpressure_ms / 1000,
+            self._on_slow,
+            on_ready=self._on_ready,
         )
+        self._congested = False
         self.last_seen = time.monotonic()
         self._ping_sent: float | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -136,10 +142,9 @@ class Session:
     # ------------------------------------------------------------------ life cycle
 
     async def open(self) -> None:
-        """Load capabilities and send them first (contract §1), start writer and pings."""
+        """Load capabilities and send them first (contract §1)."""
         self.caps = await self.gw.capstore.join(self.user, self)
         self.outbox.push(p.encode_cap_update(self.caps.to_json(), []))
-        self._spawn(self._writer(), "writer")
         self._arm_expiry()
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
@@ -177,7 +182,7 @@ class Session:
         try:
             if error is not None:  # the last word, sent past the (dropped) queue
                 self.gw.metrics.errors.labels(error[0].value).inc()
-                await asyncio.wait_for(self.transport.send(p.encode_error(*error)), 0.25)
+                self.transport.write(p.encode_error(*error))
             await asyncio.wait_for(self.transport.close(code, error[1] if error else ""), 1.0)
         except (TimeoutError, ConnectionError, RuntimeError, OSError) as exc:
             log.debug("closing %s: %r", self.user, exc)
@@ -219,25 +224,43 @@ class Session:
     def _expired(self) -> None:
         self._close_soon(CloseCode.UNAUTHORIZED, (ErrorCode.UNAUTHORIZED, "token expired"))
 
-    async def _writer(self) -> None:
-        ob, send, m = self.outbox, self.transport.send, self.gw.metrics
+    def _on_ready(self) -> None:
+        self.gw.flusher.add(self)
+
+    def flush(self) -> None:
+        """Write what is queued (the gateway's flusher calls this once per loop step)."""
+        if self._congested or self.state is not State.OPEN:
+            return
         try:
-            while True:
-                frame, count = await ob.take()
-                await send(frame)
-                ob.sent(count)
-                m.frames_out.inc()
-                m.bytes_out.inc(len(frame))
-                m.envelopes_out.inc(count)
-        except OutboxClosed:
-            pass
+            done = self.outbox.flush(self._write)
         except (ConnectionError, RuntimeError, OSError) as exc:
             log.debug("send to %s failed: %r", self.user, exc)
             self._close_soon(CloseCode.GOING_AWAY)
+            return
+        if not done:  # the socket's buffer is full: the rest waits (and counts)
+            self._congested = True
+            self._spawn(self._drain(), "drain")
+
+    def _write(self, frame: bytes, count: int) -> bool:
+        t = self.gw.traffic
+        t.frames += 1
+        t.bytes += len(frame)
+        t.envelopes += count
+        return self.transport.write(frame)
+
+    async def _drain(self) -> None:
+        try:
+            await self.transport.drained()
+        except (ConnectionError, RuntimeError, OSError):
+            self._close_soon(CloseCode.GOING_AWAY)
+            return
         except asyncio.CancelledError:
             if _really_cancelled():
                 raise
-            self._close_soon(CloseCode.GOING_AWAY)  # the transport went away mid-send
+            self._close_soon(CloseCode.GOING_AWAY)  # the transport went away
+            return
+        self._congested = False
+        self.flush()
 
     def keepalive(self, now: float) -> None:
         """Called by the gateway's one sweeper (not a task per connection: memory): ping a

@@ -248,10 +248,14 @@ async def eventually(check: Callable[[], Any], timeout: float = T, every: float 
 
 def nats_subscriptions(url: str, subject: str) -> int:
     """How many client subscriptions on the NATS server have exactly this subject."""
-    connz = monitor(url, "/connz?subs=1&limit=10000")
-    return sum(
-        (c.get("subscriptions_list") or []).count(subject) for c in connz.get("connections", [])
-    )
+    count, offset = 0, 0
+    while True:  # page through: the server caps how many connections one answer lists
+        connz = monitor(url, f"/connz?subs=1&limit=1024&offset={offset}")
+        conns = connz.get("connections") or []
+        count += sum((c.get("subscriptions_list") or []).count(subject) for c in conns)
+        offset += len(conns)
+        if not conns or offset >= int(connz.get("total", 0)):
+            return count
 
 
 def consumers(url: str, stream: str) -> int:

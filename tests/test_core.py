@@ -217,3 +217,18 @@ async def test_legacy_subscribe_frame(gw: Gw, nc: NATS) -> None:
     m = await c.expect(op="msg")
     assert m["data"] == "hi"
     await c.close()
+
+
+async def test_ack_means_live_for_the_very_next_message(gw: Gw, nc: NATS) -> None:
+    """Regression: nats-py's flush() can PING ahead of a SUB still in its buffer, so an
+    acknowledged subscription missed the next message now and then. Publish right after
+    each ack, from another connection, without any pause: every one must arrive."""
+    user, p = unique("u"), unique("s")
+    await gw.set_caps(user, caps(p))
+    c = await connect(gw, user)
+    for i in range(1000):
+        await c.ok("sub", f"{p}.{i}")
+        await nc.publish(f"{p}.{i}", b"1")
+        m = await c.expect(op="msg")
+        assert m["target"] == f"{p}.{i}"
+    await c.close()

@@ -17,6 +17,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from .protocol import encode_msg
+from .upstream import flush
 
 log = logging.getLogger("natsgate.hub")
 
@@ -72,7 +73,7 @@ class Hub:
             try:
                 nc = self._nc()
                 entry.sub = await nc.subscribe(pattern, cb=entry.on_msg)
-                await nc.flush(timeout=self._flush_timeout)  # type: ignore[arg-type]
+                await flush(nc, self._flush_timeout)
             except BaseException as exc:
                 if isinstance(exc, asyncio.CancelledError):
                     entry.ready.cancel()

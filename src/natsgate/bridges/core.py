@@ -11,6 +11,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from ..errors import ErrorCode, ProtocolError
+from ..upstream import flush
 
 USER_HEADER = "Natsgate-User"
 
@@ -26,7 +27,7 @@ async def publish(nc: Client, subject: str, payload: bytes, user: str, *, confir
     await nc.publish(subject, payload, headers=identity_headers(user))
     if confirm:
         try:
-            await nc.flush(timeout=5)
+            await flush(nc, 5)
         except (TimeoutError, nats.errors.Error):
             raise ProtocolError(ErrorCode.INTERNAL, "NATS did not confirm the publish") from None
 

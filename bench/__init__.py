@@ -1,0 +1,1 @@
+"""natsgate's benchmark: ``python -m bench.run`` (see bench/README.md)."""

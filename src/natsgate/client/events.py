@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import inspect
 import logging
 from collections.abc import Callable, Coroutine
@@ -16,13 +17,14 @@ log = logging.getLogger("natsgate.client")
 Remover = Callable[[], None]
 
 
-class Emitter:
+class Emitter(abc.ABC):
     """Listeners by event name; a coroutine listener runs in a task its owner spawns."""
 
     _listeners: dict[str, list[Callable[[Any], object]]]
 
+    @abc.abstractmethod
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> Any:
-        raise NotImplementedError
+        """Start ``coro`` as a task owned (and ended) by the client."""
 
     @overload
     def on(self, event: Literal["state"], callback: Callable[[ClientState], object]) -> Remover: ...

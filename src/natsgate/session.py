@@ -93,9 +93,9 @@ class Session:
     __slots__ = (
         "__weakref__",
         "_closed",
+        "_cmds",
         "_congested",
         "_expiry",
-        "_pending_cmds",
         "_ping_sent",
         "_refill_at",
         "_tasks",
@@ -133,7 +133,7 @@ class Session:
         self.last_seen = time.monotonic()
         self._ping_sent: float | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._pending_cmds = 0
+        self._cmds: dict[asyncio.Task[Any], p.Cmd] = {}  # commands in flight
         self._expiry: asyncio.TimerHandle | None = None
         self._tokens = float(gw.config.rate_burst)
         self._refill_at = time.monotonic()
@@ -175,11 +175,22 @@ class Session:
             self._expiry.cancel()
         current = asyncio.current_task()
         tasks = [t for t in self._tasks if t is not current]
+        unanswered = [op for op in self._cmds.values() if op.inbox is not None]
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         try:
+            for op in unanswered:  # every op with an inbox is answered exactly once (§3)
+                self.transport.write(
+                    p.encode_error(
+                        ErrorCode.INTERNAL,
+                        "the connection closed before the reply came; the command may or "
+                        "may not have run",
+                        target=op.target,
+                        inbox=op.inbox,
+                    )
+                )
             if error is not None:  # the last word, sent past the (dropped) queue
                 self.gw.metrics.errors.labels(error[0].value).inc()
                 self.transport.write(p.encode_error(*error))
@@ -513,12 +524,12 @@ class Session:
     def _cmd(self, op: p.Cmd) -> None:
         if not self.caps.can_command(op.target):
             raise self._forbidden(f"commands on {op.target!r}")
-        if self._pending_cmds >= self.config.max_pending_cmds:
+        if len(self._cmds) >= self.config.max_pending_cmds:
             raise ProtocolError(
                 ErrorCode.LIMIT, f"at most {self.config.max_pending_cmds} commands in flight"
             )
-        self._pending_cmds += 1
-        self._spawn(self._request(op), "cmd")
+        task = self._spawn(self._request(op), "cmd")
+        self._cmds[task] = op
 
     async def _request(self, op: p.Cmd) -> None:
         timeout_ms = op.timeout_ms or self.config.cmd_timeout_ms
@@ -535,7 +546,9 @@ class Session:
             err.inbox, err.target = op.inbox, op.target
             self._send_error(err)
         finally:
-            self._pending_cmds -= 1
+            task = asyncio.current_task()
+            if task is not None:
+                self._cmds.pop(task, None)
             self.gw.metrics.cmd_latency.labels(outcome).observe(time.perf_counter() - started)
 
     def _refresh_token(self, op: p.Auth) -> None:

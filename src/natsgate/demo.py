@@ -26,7 +26,7 @@ from .upstream import Upstream
 log = logging.getLogger("natsgate.demo")
 
 USERS = ("alice", "bob")
-TODO_BUCKET = "todos"
+DEMO_BUCKET = "todos"
 
 
 def demo_caps(user: str) -> dict[str, Any]:
@@ -34,7 +34,7 @@ def demo_caps(user: str) -> dict[str, Any]:
         "subjects": ["chat.>", f"notify.{user}"],
         "publish": ["chat.>", f"notify.{user}"],
         "commands": ["svc.echo", "svc.todos.*"],
-        "buckets": {TODO_BUCKET: [f"user.{user}.>"]},
+        "buckets": {DEMO_BUCKET: [f"user.{user}.>"]},
         "streams": {"CHAT": ["chat.room.*"]},
     }
 
@@ -56,9 +56,9 @@ async def seed(
     except NotFoundError:
         await js.add_stream(cfg)
     try:
-        await js.key_value(TODO_BUCKET)
+        await js.key_value(DEMO_BUCKET)
     except Exception:
-        await js.create_key_value(bucket=TODO_BUCKET, history=5)
+        await js.create_key_value(bucket=DEMO_BUCKET, history=5)
 
 
 def demo_password(env_value: str | None) -> tuple[str, bool]:
@@ -76,7 +76,7 @@ class Services:
 
     async def start(self) -> None:
         js = self.nc.jetstream()
-        self.kv = await js.key_value(TODO_BUCKET)
+        self.kv = await js.key_value(DEMO_BUCKET)
         await self.nc.subscribe("svc.echo", cb=self._echo, queue="svc.echo")
         await self.nc.subscribe("svc.todos.*", cb=self._todos, queue="svc.todos")
         await self.nc.flush()

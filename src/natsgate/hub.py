@@ -83,6 +83,8 @@ class Hub:
                 self._drop(entry)
                 raise
             entry.ready.set_result(None)
+            if self._entries.get(pattern) is not entry:
+                self._drop(entry)  # every receiver left while NATS confirmed it: no leak
             return
         entry.receivers[receiver] = None
         try:

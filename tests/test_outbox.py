@@ -12,10 +12,10 @@ from natsgate.outbox import Outbox, OutboxClosed
 async def test_batches_what_queued_meanwhile() -> None:
     ob = Outbox(1000, 0.25, lambda: None)
     ob.push(b"a")
-    assert await ob.take() == (b"a", 1)  # idle socket: at once, alone
+    assert ob.next_batch() == (b"a", 1)  # idle socket: at once, alone
     for f in (b"b", b"c", b"d"):
         ob.push(f)
-    assert await ob.take() == (b"b\nc\nd", 3)  # busy: one frame, newline-joined
+    assert ob.next_batch() == (b"b\nc\nd", 3)  # busy: one frame, newline-joined
     assert ob.size == 0
 
 
@@ -23,12 +23,14 @@ async def test_batch_is_bounded_in_bytes() -> None:
     ob = Outbox(10_000, 0.25, lambda: None, max_batch=10)
     for _ in range(5):
         ob.push(b"xxxx")
-    frame, n = await ob.take()
+    batch = ob.next_batch()
+    assert batch is not None
+    frame, n = batch
     assert n == 2 and frame == b"xxxx\nxxxx"
     big = b"y" * 50
     ob2 = Outbox(10_000, 0.25, lambda: None, max_batch=10)
     ob2.push(big)
-    assert await ob2.take() == (big, 1)  # a larger envelope still goes, alone
+    assert ob2.next_batch() == (big, 1)  # a larger envelope still goes, alone
 
 
 async def test_slow_after_staying_full_for_the_backpressure_time() -> None:
@@ -44,7 +46,7 @@ async def test_draining_in_time_is_not_slow() -> None:
     slow = asyncio.Event()
     ob = Outbox(100, 0.05, slow.set)
     ob.push(b"x" * 150)
-    await ob.take()  # the writer caught up before the deadline
+    assert ob.flush(lambda frame, n: True)  # the writer caught up before the deadline
     await asyncio.sleep(0.1)
     assert not slow.is_set() and not ob.closed
 
@@ -64,7 +66,9 @@ async def test_written_watermarks_and_close() -> None:
     ob.push(b"b")
     mark = ob.pushed
     waiter = asyncio.create_task(ob.written_up_to(mark))
-    _, n = await ob.take()
+    batch = ob.next_batch()
+    assert batch is not None
+    _, n = batch
     await asyncio.sleep(0)
     assert not waiter.done()
     ob.sent(n)
@@ -75,5 +79,4 @@ async def test_written_watermarks_and_close() -> None:
     ob.close()
     with pytest.raises(OutboxClosed):
         await pending
-    with pytest.raises(OutboxClosed):
-        await ob.take()
+    assert ob.next_batch() is None  # dropped with the close

@@ -145,10 +145,6 @@ class CapStore:
         if not u.listeners:
             del self._users[user]
 
-    def current(self, user: str) -> Capabilities:
-        u = self._users.get(user)
-        return u.caps if u else NONE
-
     async def read(self, user: str) -> Capabilities:
         """The stored capabilities of any user, connected or not (``/auth/me``)."""
         u = self._users.get(user)

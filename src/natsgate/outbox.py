@@ -36,7 +36,6 @@ class Outbox:
         "_on_slow",
         "_ready",
         "_timer",
-        "_waiter",
         "_watermarks",
         "backpressure_s",
         "limit",
@@ -68,7 +67,6 @@ class Outbox:
         self.written = 0  # frames ever handed to the socket
         self._closed = False
         self._loop = asyncio.get_running_loop()
-        self._waiter: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._watermarks: list[tuple[int, asyncio.Future[None]]] = []
 
@@ -86,9 +84,6 @@ class Outbox:
         if not self._ready and self._on_ready is not None:
             self._ready = True
             self._on_ready()
-        w = self._waiter
-        if w is not None and not w.done():
-            w.set_result(None)
         if self.size > self.limit:
             if self.size > self._hard_limit:
                 self._slow()
@@ -104,21 +99,6 @@ class Outbox:
         if not self._closed:
             self.close()
             self._on_slow()
-
-    async def take(self) -> tuple[bytes, int]:
-        """Wait for queued envelopes; return up to ``max_batch`` bytes of them as one
-        newline-joined frame, and how many envelopes it holds."""
-        while not self._frames:
-            if self._closed:
-                raise OutboxClosed
-            self._waiter = self._loop.create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        batch = self.next_batch()
-        assert batch is not None
-        return batch
 
     def flush(self, write: Callable[[bytes, int], bool]) -> bool:
         """Write everything queued, in frames of up to ``max_batch`` bytes. ``write``
@@ -191,8 +171,6 @@ class Outbox:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
         for _, fut in self._watermarks:
             if not fut.done():
                 fut.set_exception(OutboxClosed())

@@ -60,10 +60,6 @@ def is_valid(subject: str, *, wildcards: bool) -> bool:
     return True
 
 
-def is_literal(subject: str) -> bool:
-    return not any(_is_wild(t) for t in subject.split("."))
-
-
 def match_tokens(pattern: list[str], subject: list[str]) -> bool:
     """Whether the literal ``subject`` tokens are matched by ``pattern`` tokens."""
     if pattern and subject and _is_wild(pattern[0]) and _is_private(subject[0]):

@@ -123,7 +123,6 @@ class Reader:
         self._pull_done = False
         self._reset = False
         self._alive = False
-        self.pending = 0  # messages left after the last one delivered
         # told of each consumer made again, before anything of it is delivered
         self.on_remade: Callable[[api.ConsumerInfo], None] | None = None
 
@@ -186,7 +185,6 @@ class Reader:
             if not self.start.last_per_subject and info.delivered is not None:
                 # the stream sequence just before the first one this consumer delivers
                 self.last_seq = info.delivered.stream_seq or 0
-        self.pending = info.num_pending or 0
         self._pull_done = True
         return info
 
@@ -257,7 +255,6 @@ class Reader:
             return
         self._cseq = d.consumer_seq
         self._received += 1
-        self.pending = d.pending
         if d.stream_seq > self.last_seq:  # never a duplicate, even across remakes
             self.last_seq = d.stream_seq
             self.on_message(msg, d)
@@ -348,7 +345,3 @@ def _api_text(exc: APIError) -> str:
 
 
 _background: set[asyncio.Task[None]] = set()
-
-
-def rfc3339(ts: datetime) -> str:
-    return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")

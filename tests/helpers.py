@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 
 from natsgate.config import Config
+from natsgate.edge import Edge
 from natsgate.gateway import Gateway
 from natsgate.server import make_app
 
@@ -26,7 +26,7 @@ T = float(os.environ.get("NATSGATE_TEST_TIMEOUT_SCALE", "1")) * 5.0  # one time 
 @dataclass
 class Gw:
     gateway: Gateway
-    runner: web.AppRunner
+    edge: Edge
     port: int
 
     @property
@@ -46,22 +46,18 @@ class Gw:
             await kv.put(user, json.dumps(caps).encode())
 
     async def stop(self) -> None:
+        self.edge.stop_listening()
         await self.gateway.stop()
-        await self.runner.cleanup()
+        await self.edge.cleanup()
 
 
 async def start_gateway(config: Config) -> Gw:
     gateway = Gateway(config)
     await gateway.start()
     await asyncio.wait_for(gateway.ready.wait(), 3 * T)
-    runner = web.AppRunner(
-        make_app(gateway), handle_signals=False, access_log=None, shutdown_timeout=0.5
-    )
-    await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return Gw(gateway, runner, port)
+    edge = Edge(gateway, make_app(gateway))
+    port = await edge.start(config.host, config.port)
+    return Gw(gateway, edge, port)
 
 
 class Closed(Exception):

@@ -141,19 +141,14 @@ async def test_gateway_starts_before_nats_and_recovers(tmp_path: Path, config: C
     url = server.url
     server.stop()
     cfg = dataclasses.replace(config, nats_urls=(url,))
-    from aiohttp import web
-
+    from natsgate.edge import Edge
     from natsgate.gateway import Gateway
     from natsgate.server import make_app
 
     gateway = Gateway(cfg)
     await gateway.start()
-    runner = web.AppRunner(make_app(gateway), handle_signals=False, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    gw = Gw(gateway, runner, port)
+    edge = Edge(gateway, make_app(gateway))
+    gw = Gw(gateway, edge, await edge.start("127.0.0.1", 0))
     assert await health(gw) == 503
     async with aiohttp.ClientSession() as s, s.get(gw.ws_url.replace("ws://", "http://")) as r:
         assert r.status in (401, 503)

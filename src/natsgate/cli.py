@@ -64,26 +64,19 @@ def _port_free(host: str, port: int) -> bool:
 
 
 async def _serve(cfg: Config, *, demo_password: str | None = None, reuse_port: bool = False) -> int:
-    from aiohttp import web
-
+    from .edge import Edge
     from .gateway import Gateway
     from .server import make_app
 
     gw = Gateway(cfg)
     await gw.start()
-    app = make_app(gw)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1)
-    await runner.setup()
-    site = web.TCPSite(runner, cfg.host, cfg.port, reuse_port=reuse_port or None)
+    edge = Edge(gw, make_app(gw))
     try:
-        await site.start()
+        port = await edge.start(cfg.host, cfg.port, reuse_port=reuse_port)
     except OSError as exc:
         await gw.stop()
-        await runner.cleanup()
+        await edge.cleanup()
         return _fail(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}")
-    server = site._server
-    sockets = getattr(server, "sockets", None) or []
-    port = sockets[0].getsockname()[1] if sockets else cfg.port
     shown = "127.0.0.1" if cfg.host in ("0.0.0.0", "") else cfg.host
     print(f"natsgate listening on http://{shown}:{port}", flush=True)
 
@@ -120,7 +113,7 @@ async def _serve(cfg: Config, *, demo_password: str | None = None, reuse_port: b
             )
     await stop.wait()
     log.info("stopping: no new connections; telling clients to reconnect elsewhere")
-    await site.stop()
+    edge.stop_listening()
     try:
         await asyncio.wait_for(gw.stop(), cfg.drain_timeout_s or None)
     except TimeoutError:
@@ -128,7 +121,7 @@ async def _serve(cfg: Config, *, demo_password: str | None = None, reuse_port: b
     if services is not None:
         with contextlib.suppress(Exception):
             await services.nc.drain()
-    await runner.cleanup()
+    await edge.cleanup()
     log.info("stopped")
     return 0
 

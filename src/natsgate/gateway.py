@@ -63,6 +63,22 @@ class Gateway:
         m.envelopes_out.inc(t.envelopes - e.envelopes)
         e.frames, e.bytes, e.envelopes = t.frames, t.bytes, t.envelopes
 
+    def attach(self, session: Session) -> None:
+        """A session is open: count it (its ``close`` calls :meth:`detach`)."""
+        self.sessions.add(session)
+        self.conns_by_ip[session.remote] += 1
+        self.metrics.connections.inc()
+        self.metrics.connections_total.inc()
+
+    def detach(self, session: Session) -> None:
+        if session not in self.sessions:
+            return
+        self.sessions.discard(session)
+        self.conns_by_ip[session.remote] -= 1
+        if self.conns_by_ip[session.remote] <= 0:
+            del self.conns_by_ip[session.remote]
+        self.metrics.connections.dec()
+
     def track(self, task: asyncio.Task[Any]) -> None:
         """Keep a reference to a fire-and-forget task until it ends."""
         self._tasks.add(task)

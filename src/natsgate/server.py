@@ -6,27 +6,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 import sysconfig
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import msgspec
 from aiohttp import ClientSession, ClientTimeout, WSMsgType, web
 from nats.js.errors import KeyNotFoundError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .auth import AuthError, Identity, mint_token, token_from, verify_token
+from .auth import AuthError, mint_token, token_from, verify_token
+from .edge import admit
 from .errors import CloseCode
 from .gateway import Gateway
+from .handshake import HeadError
 from .session import Session
+from .wsframe import OP_TEXT, header
 
 log = logging.getLogger("natsgate.http")
 
 GATEWAY_KEY = web.AppKey("gateway", Gateway)
-_H16 = struct.Struct("!BBH")  # WebSocket frame header, 16-bit length (RFC 6455 §5.2)
-_H64 = struct.Struct("!BBQ")
 LOGIN_TTL_S = 12 * 3600
 COOKIE = "jwt"
 
@@ -67,14 +66,7 @@ class AiohttpTransport:
         t = self._transport
         if t is None or t.is_closing():
             raise ConnectionResetError("the socket is closed")
-        n = len(frame)
-        if n < 126:
-            header = bytes((0x81, n))
-        elif n < 65536:
-            header = _H16.pack(0x81, 126, n)
-        else:
-            header = _H64.pack(0x81, 127, n)
-        t.write(header + frame)
+        t.write(header(OP_TEXT, len(frame)) + frame)
         return not self._protocol.writing_paused
 
     async def drained(self) -> None:
@@ -86,57 +78,29 @@ class AiohttpTransport:
     async def close(self, code: int, reason: str) -> None:
         await self.ws.close(code=code, message=reason.encode()[:120])
 
+    def pause_reading(self) -> None:
+        """Not needed: the read loop awaits each frame, so aiohttp's own reader limits."""
 
-def origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...]) -> bool:
-    """Contract §2: a present Origin must be allowed; by default, the request's own host.
-    Without this, cookie auth is open to cross-site WebSocket hijacking."""
-    if origin is None:
-        return True  # not a browser: nothing to hijack
-    origin = origin.strip().rstrip("/").lower()
-    if allowed:
-        return "*" in allowed or origin in allowed
-    netloc = urlsplit(origin).netloc
-    return bool(host) and netloc == (host or "").lower()
-
-
-def _identity(request: web.Request, secret: str) -> Identity:
-    token = token_from(request.headers, request.cookies, request.query)
-    if token is None:
-        raise AuthError("no token")
-    return verify_token(token, secret)
-
-
-def _refuse(gw: Gateway, status: int, reason: str) -> web.Response:
-    gw.metrics.refused.labels(str(status)).inc()
-    return web.json_response({"error": reason}, status=status)
+    def resume_reading(self) -> None:
+        """See :meth:`pause_reading`."""
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:
+    """``/ws`` on a connection that aiohttp already serves (a keep-alive connection that
+    carried another request first); fresh connections are upgraded by :mod:`.edge`."""
     gw = request.app[GATEWAY_KEY]
-    cfg = gw.config
-    if gw.stopping:
-        return _refuse(gw, 503, "gateway is stopping")
-    if not origin_allowed(request.headers.get("Origin"), request.host, cfg.allowed_origins):
-        return _refuse(gw, 403, "origin not allowed")
-    try:
-        ident = _identity(request, cfg.jwt_secret)
-    except AuthError as exc:
-        return _refuse(gw, 401, str(exc))
-    if not gw.ready.is_set() or not gw.upstream.connected:
-        return _refuse(gw, 503, "NATS is not reachable yet")
     remote = request.remote or "?"
-    if cfg.max_conns_per_ip and gw.conns_by_ip[remote] >= cfg.max_conns_per_ip:
-        return _refuse(gw, 429, "too many connections from this address")
-
+    try:
+        ident = admit(gw, request.headers, request.cookies, request.query, request.host, remote)
+    except HeadError as err:
+        gw.metrics.refused.labels(str(err.status)).inc()
+        return web.json_response({"error": err.reason}, status=err.status)
     ws = web.WebSocketResponse(
-        max_msg_size=cfg.max_frame_bytes, autoping=False, compress=False, decode_text=False
+        max_msg_size=gw.config.max_frame_bytes, autoping=False, compress=False, decode_text=False
     )
     await ws.prepare(request)
     session = Session(gw, AiohttpTransport(ws, request), ident, remote)
-    gw.sessions.add(session)
-    gw.conns_by_ip[remote] += 1
-    gw.metrics.connections.inc()
-    gw.metrics.connections_total.inc()
+    gw.attach(session)
     try:
         await session.open()
         await _read(ws, session, gw)
@@ -145,11 +109,6 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         await session.close(CloseCode.INTERNAL)
     finally:
         await session.close(CloseCode.GOING_AWAY if gw.stopping else CloseCode.NORMAL)
-        gw.sessions.discard(session)
-        gw.conns_by_ip[remote] -= 1
-        if gw.conns_by_ip[remote] <= 0:
-            del gw.conns_by_ip[remote]
-        gw.metrics.connections.dec()
     return ws
 
 
@@ -241,8 +200,11 @@ async def logout(request: web.Request) -> web.Response:
 
 async def me(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY_KEY]
+    token = token_from(request.headers, request.cookies, request.query)
     try:
-        ident = _identity(request, gw.config.jwt_secret)
+        if token is None:
+            raise AuthError("no token")
+        ident = verify_token(token, gw.config.jwt_secret)
     except AuthError as exc:
         return web.json_response({"error": str(exc)}, status=401)
     if not gw.ready.is_set():

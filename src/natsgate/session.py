@@ -11,6 +11,7 @@ import asyncio
 import enum
 import logging
 import time
+from collections import deque
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("natsgate.session")
 
+INBOX_HIGH = 64  # client frames waiting to be handled before the transport stops reading
+INBOX_LOW = 8  # ... and starts again
+
 
 def _really_cancelled() -> bool:
     """Whether this task is being cancelled, as opposed to a CancelledError that a
@@ -42,6 +46,8 @@ class Transport(Protocol):
     async def drained(self) -> None: ...  # until the socket takes writes again
     async def ping(self) -> None: ...
     async def close(self, code: int, reason: str) -> None: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
 
 
 class Feed(Protocol):
@@ -96,7 +102,9 @@ class Session:
         "_cmds",
         "_congested",
         "_expiry",
+        "_inq",
         "_ping_sent",
+        "_reader",
         "_refill_at",
         "_tasks",
         "_tokens",
@@ -138,6 +146,8 @@ class Session:
         self._tokens = float(gw.config.rate_burst)
         self._refill_at = time.monotonic()
         self._closed: asyncio.Future[None] | None = None  # made when someone waits
+        self._inq: deque[bytes] | None = None  # client frames not yet handled
+        self._reader: asyncio.Task[None] | None = None  # lives while frames wait
 
     # ------------------------------------------------------------------ life cycle
 
@@ -204,8 +214,13 @@ class Session:
             log.debug("closing %s: the socket went away first", self.user)
         finally:
             self.state = State.CLOSED
+            self.gw.detach(self)
             if self._closed is not None and not self._closed.done():
                 self._closed.set_result(None)
+
+    def disconnected(self) -> None:
+        """The socket is gone (the peer closed it or vanished): free everything."""
+        self._close_soon(CloseCode.GOING_AWAY if self.gw.stopping else CloseCode.NORMAL)
 
     def _close_soon(self, code: CloseCode, error: tuple[ErrorCode, str] | None = None) -> None:
         if self.state is State.OPEN:
@@ -307,6 +322,44 @@ class Session:
         self.last_seen = time.monotonic()
 
     # ------------------------------------------------------------------ input
+
+    def begin(self) -> None:
+        """Open without holding the caller (a protocol callback); frames that arrive
+        meanwhile wait, so ``cap_update`` still goes first (§1)."""
+        self._inq = deque()
+        self._reader = self._spawn(self._read_inbox(opening=True), "open")
+
+    def receive(self, frame: bytes) -> bool:
+        """A client frame from a transport that reads in callbacks. Frames are handled in
+        order by one task that lives only while frames wait: none for an idle connection.
+        False: enough is waiting; the transport should pause reading (the session resumes
+        it when caught up)."""
+        if self.state is not State.OPEN:
+            return True
+        q = self._inq
+        if q is None:
+            q = self._inq = deque()
+        q.append(frame)
+        if self._reader is None:
+            self._reader = self._spawn(self._read_inbox(), "read")
+        return len(q) < INBOX_HIGH
+
+    async def _read_inbox(self, *, opening: bool = False) -> None:
+        try:
+            if opening:
+                await self.open()
+            q = self._inq
+            while q:
+                frame = q.popleft()
+                if len(q) == INBOX_LOW:
+                    self.transport.resume_reading()
+                await self.on_frame(frame)
+            self.transport.resume_reading()
+        except Exception:
+            log.exception("connection of %s failed", self.user)
+            self._close_soon(CloseCode.INTERNAL)
+        finally:
+            self._reader = self._inq = None
 
     async def on_frame(self, frame: bytes | str) -> None:
         """Handle each envelope of a client frame on its own, in order (contract §1)."""

@@ -1,0 +1,206 @@
+"""The listening port: WebSocket upgrades at ``/ws`` are ours, every other request is
+aiohttp's (``/auth/*``, ``/healthz``, ``/metrics``, static files, the dev proxy).
+
+Why not aiohttp's WebSocket for ``/ws`` too: an idle connection there costs ~11 KiB of
+HTTP parser, request and reader state that lives as long as the socket; after our own
+upgrade a connection is a :class:`~natsgate.wsconn.WsConnection` of a few slots. Each new
+connection starts as a :class:`Front`, which reads just the request line: ``GET /ws`` is
+upgraded here, anything else is handed, with the bytes read so far, to aiohttp's protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import cast
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from .auth import AuthError, Identity, token_from, verify_token
+from .gateway import Gateway
+from .handshake import (
+    MAX_HEAD,
+    HeadError,
+    check_upgrade,
+    parse_head,
+    refusal,
+    routes_here,
+    switching,
+)
+from .session import Session
+from .wsconn import WsConnection
+
+log = logging.getLogger("natsgate.http")
+
+HEAD_TIMEOUT_S = 10.0  # a connection that has not sent a whole request head by then goes
+BACKLOG = 128
+
+
+def origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...]) -> bool:
+    """Contract §2: a present Origin must be allowed; by default, the request's own host.
+    Without this, cookie auth is open to cross-site WebSocket hijacking."""
+    if origin is None:
+        return True  # not a browser: nothing to hijack
+    origin = origin.strip().rstrip("/").lower()
+    if allowed:
+        return "*" in allowed or origin in allowed
+    netloc = urlsplit(origin).netloc
+    return bool(host) and netloc == (host or "").lower()
+
+
+def admit(
+    gw: Gateway,
+    headers: Mapping[str, str],
+    cookies: Mapping[str, str],
+    query: Mapping[str, str],
+    host: str | None,
+    remote: str,
+) -> Identity:
+    """Who may open a WebSocket (contract §2), or :class:`HeadError` with the status."""
+    cfg = gw.config
+    if gw.stopping:
+        raise HeadError(503, "gateway is stopping")
+    if not origin_allowed(headers.get("Origin"), host, cfg.allowed_origins):
+        raise HeadError(403, "origin not allowed")
+    token = token_from(headers, cookies, query)
+    if token is None:
+        raise HeadError(401, "no token")
+    try:
+        ident = verify_token(token, cfg.jwt_secret)
+    except AuthError as exc:
+        raise HeadError(401, str(exc)) from None
+    if not gw.ready.is_set() or not gw.upstream.connected:
+        raise HeadError(503, "NATS is not reachable yet")
+    if cfg.max_conns_per_ip and gw.conns_by_ip[remote] >= cfg.max_conns_per_ip:
+        raise HeadError(429, "too many connections from this address")
+    return ident
+
+
+class Front(asyncio.Protocol):
+    """A new connection until its first request line says where it goes."""
+
+    __slots__ = ("_edge", "_head", "_timer", "_transport")
+
+    def __init__(self, edge: Edge) -> None:
+        self._edge = edge
+        self._head = b""
+        self._timer: asyncio.TimerHandle | None = None
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        t = self._transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        self._timer = asyncio.get_running_loop().call_later(HEAD_TIMEOUT_S, t.abort)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._done()
+
+    def _done(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def data_received(self, data: bytes) -> None:
+        head = self._head + data
+        line = head.find(b"\r\n")
+        if line < 0 and len(head) < MAX_HEAD:
+            self._head = head
+            return
+        if line < 0 or not routes_here(head[:line]):
+            self._hand_to_aiohttp(head)
+            return
+        end = head.find(b"\r\n\r\n")
+        if end < 0:
+            if len(head) >= MAX_HEAD:
+                self._refuse(HeadError(431, "request head larger than 16 KiB"))
+            else:
+                self._head = head
+            return
+        if end > MAX_HEAD:
+            self._refuse(HeadError(431, "request head larger than 16 KiB"))
+            return
+        self._upgrade(head[:end], head[end + 4 :])
+
+    def _hand_to_aiohttp(self, data: bytes) -> None:
+        self._done()
+        t = self._transport
+        assert t is not None
+        proto = self._edge.http()
+        t.set_protocol(proto)
+        proto.connection_made(t)
+        proto.data_received(data)
+
+    def _refuse(self, err: HeadError) -> None:
+        self._done()
+        t = self._transport
+        assert t is not None
+        self._edge.gw.metrics.refused.labels(str(err.status)).inc()
+        t.write(refusal(err.status, err.reason))
+        t.close()
+
+    def _upgrade(self, raw: bytes, rest: bytes) -> None:
+        self._done()
+        gw = self._edge.gw
+        t = self._transport
+        assert t is not None
+        peer = t.get_extra_info("peername")
+        remote = str(peer[0]) if peer else "?"
+        try:
+            head = parse_head(raw)
+            ident = admit(
+                gw, head.headers, head.cookies, head.query, head.headers.get("Host"), remote
+            )
+            accept = check_upgrade(head)
+        except HeadError as err:
+            self._refuse(err)
+            return
+        t.write(switching(accept))
+        conn = WsConnection(t, gw.config.max_frame_bytes)
+        t.set_protocol(conn)
+        session = Session(gw, conn, ident, remote)
+        conn.session = session
+        gw.attach(session)
+        session.begin()
+        if rest:  # frames sent right behind the head (the client did not wait for 101)
+            conn.data_received(rest)
+
+
+class Edge:
+    """The gateway's one port."""
+
+    def __init__(self, gw: Gateway, app: web.Application) -> None:
+        self.gw = gw
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1)
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    def http(self) -> asyncio.Protocol:
+        """aiohttp's protocol for one connection (its server tracks it for shutdown)."""
+        server = self._runner.server
+        assert server is not None
+        return server()
+
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> int:
+        """Listen; the port actually bound (``port`` 0 picks a free one)."""
+        await self._runner.setup()
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: Front(self),
+            host or None,
+            port,
+            backlog=BACKLOG,
+            reuse_address=True,
+            reuse_port=reuse_port or None,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self.port
+
+    def stop_listening(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def cleanup(self) -> None:
+        """After the gateway has closed its sessions: aiohttp's connections and app."""
+        self.stop_listening()
+        await self._runner.cleanup()

@@ -1,0 +1,167 @@
+"""RFC 6455 framing, server side: parse what clients send, frame what the gateway sends.
+
+Ours rather than aiohttp's or picows' because per-connection state is what bounds how many
+idle connections one process holds: between frames a :class:`FrameReader` is four slots
+and no buffer. Pure logic, no I/O; tested with hypothesis (``tests/test_wsframe.py``).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import struct
+
+OP_CONT, OP_TEXT, OP_BINARY = 0x0, 0x1, 0x2
+OP_CLOSE, OP_PING, OP_PONG = 0x8, 0x9, 0xA
+_DATA = (OP_CONT, OP_TEXT, OP_BINARY)
+_CONTROL = (OP_CLOSE, OP_PING, OP_PONG)
+
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+_H16 = struct.Struct("!BBH")
+_H64 = struct.Struct("!BBQ")
+_CODE = struct.Struct("!H")
+
+PROTOCOL_ERROR = 1002
+INVALID_DATA = 1007
+TOO_BIG = 1009
+
+
+class FrameError(Exception):
+    """The peer broke the protocol: close the connection with ``code``."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def accept_key(key: str) -> str:
+    """``Sec-WebSocket-Accept`` for a client's ``Sec-WebSocket-Key`` (RFC 6455 §4.2.2)."""
+    return base64.b64encode(hashlib.sha1(key.encode("ascii") + _GUID).digest()).decode()
+
+
+def valid_key(key: str) -> bool:
+    """A key must be 16 random bytes in base64 (RFC 6455 §4.1)."""
+    try:
+        return len(base64.b64decode(key.encode("ascii"), validate=True)) == 16
+    except (ValueError, UnicodeEncodeError):
+        return False
+
+
+def header(opcode: int, length: int) -> bytes:
+    """A final, unmasked frame's header (servers never mask, §5.1)."""
+    if length < 126:
+        return bytes((0x80 | opcode, length))
+    if length < 65536:
+        return _H16.pack(0x80 | opcode, 126, length)
+    return _H64.pack(0x80 | opcode, 127, length)
+
+
+def frame(opcode: int, payload: bytes) -> bytes:
+    return header(opcode, len(payload)) + payload
+
+
+def close_payload(code: int, reason: str = "") -> bytes:
+    """A close frame's body: the code, then at most 123 bytes of UTF-8 reason (§5.5.1)."""
+    raw = reason.encode()[:123].decode("utf-8", "ignore").encode()
+    return _CODE.pack(code) + raw
+
+
+def parse_close(payload: bytes) -> tuple[int | None, str]:
+    """The peer's close code and reason; ``None`` when it sent no code."""
+    if not payload:
+        return None, ""
+    if len(payload) == 1:
+        raise FrameError(PROTOCOL_ERROR, "close frame with a one-byte body")
+    (code,) = _CODE.unpack_from(payload)
+    if not (1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999):
+        raise FrameError(PROTOCOL_ERROR, f"invalid close code {code}")
+    try:
+        return code, payload[2:].decode()
+    except UnicodeDecodeError:
+        raise FrameError(INVALID_DATA, "close reason is not UTF-8") from None
+
+
+def unmask(data: bytes | bytearray | memoryview, mask: bytes | bytearray | memoryview) -> bytes:
+    """XOR with the repeating 4-byte key, as one big-integer operation (runs in C)."""
+    n = len(data)
+    if n == 0:
+        return b""
+    key = (bytes(mask) * ((n >> 2) + 1))[:n]
+    return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+
+
+class FrameReader:
+    """Turns the bytes a client sends into whole messages: ``(opcode, payload)`` for text,
+    binary (fragments joined) and control frames, in order.
+
+    Refuses, with :class:`FrameError`, unmasked frames, reserved bits or opcodes (no
+    extension is ever agreed), fragmented or over-long control frames, a continuation
+    without a message, and a message over ``max_size`` bytes (1009), the last as soon as a
+    header announces it, before any of it is buffered.
+    """
+
+    __slots__ = ("_buf", "_frag", "_frag_op", "max_size")
+
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max_size
+        self._buf: bytes | None = None  # an incomplete frame, kept between reads
+        self._frag: bytearray | None = None  # a fragmented message being joined
+        self._frag_op = OP_TEXT
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        buf = data if self._buf is None else self._buf + data
+        self._buf = None
+        out: list[tuple[int, bytes]] = []
+        pos, end = 0, len(buf)
+        while end - pos >= 2:
+            b0, b1 = buf[pos], buf[pos + 1]
+            fin, op, length = b0 & 0x80, b0 & 0x0F, b1 & 0x7F
+            if b0 & 0x70:
+                raise FrameError(PROTOCOL_ERROR, "reserved bits set; no extension was agreed")
+            if not b1 & 0x80:
+                raise FrameError(PROTOCOL_ERROR, "client frames must be masked")
+            head = 2
+            if length == 126:
+                if end - pos < 4:
+                    break
+                length, head = int.from_bytes(buf[pos + 2 : pos + 4], "big"), 4
+            elif length == 127:
+                if end - pos < 10:
+                    break
+                length, head = int.from_bytes(buf[pos + 2 : pos + 10], "big"), 10
+                if length >> 63:
+                    raise FrameError(PROTOCOL_ERROR, "frame length has its top bit set")
+            if op in _CONTROL:
+                if not fin or length > 125:
+                    raise FrameError(PROTOCOL_ERROR, "control frames must be final and short")
+            elif op not in _DATA:
+                raise FrameError(PROTOCOL_ERROR, f"unknown opcode {op:#x}")
+            elif length + (len(self._frag) if self._frag is not None else 0) > self.max_size:
+                raise FrameError(TOO_BIG, f"message larger than {self.max_size} bytes")
+            start = pos + head + 4
+            if end - start < length:
+                break
+            payload = unmask(buf[start : start + length], buf[pos + head : start])
+            pos = start + length
+            if op in _CONTROL:
+                out.append((op, payload))
+                if op == OP_CLOSE:
+                    return out  # nothing after a close frame counts (§5.5.1)
+            elif op == OP_CONT:
+                if self._frag is None:
+                    raise FrameError(PROTOCOL_ERROR, "continuation frame without a message")
+                self._frag += payload
+                if fin:
+                    out.append((self._frag_op, bytes(self._frag)))
+                    self._frag = None
+            else:
+                if self._frag is not None:
+                    raise FrameError(PROTOCOL_ERROR, "new message inside a fragmented one")
+                if fin:
+                    out.append((op, payload))
+                else:
+                    self._frag, self._frag_op = bytearray(payload), op
+        if pos < end:
+            self._buf = bytes(buf[pos:])
+        return out

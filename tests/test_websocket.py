@@ -1,0 +1,192 @@
+"""The WebSocket layer on a real socket, byte by byte: what a browser or a broken client
+can send at the edge (natsgate.edge, natsgate.wsconn), beyond what aiohttp's client does."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+from typing import Any
+
+import pytest
+
+from natsgate import edge
+from natsgate import wsframe as wf
+from natsgate.auth import mint_token
+from tests.conftest import SECRET, Gw, unique
+from tests.helpers import T, eventually
+from tests.test_wsframe import client_frame
+
+KEY = base64.b64encode(os.urandom(16)).decode()
+
+
+def upgrade_head(token: str, *, version: str = "13", path: str = "/ws") -> bytes:
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Version: {version}\r\n"
+        f"Sec-WebSocket-Key: {KEY}\r\nAuthorization: Bearer {token}\r\n\r\n"
+    ).encode()
+
+
+class Raw:
+    """A hand-made client: writes what the test says, reads server frames one by one."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.envelopes: list[dict[str, Any]] = []
+
+    @classmethod
+    async def open(cls, gw: Gw) -> Raw:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        return cls(reader, writer)
+
+    async def upgrade(self, user: str, then: bytes = b"") -> None:
+        self.writer.write(upgrade_head(mint_token(user, SECRET, 600)) + then)
+        status = await self.response_head()
+        assert status.startswith(b"HTTP/1.1 101 "), status
+        first = await self.envelope()
+        assert first["op"] == "cap_update"
+
+    async def response_head(self) -> bytes:
+        return await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), T)
+
+    async def frame(self) -> tuple[int, bytes]:
+        async def read() -> tuple[int, bytes]:
+            b0, b1 = await self.reader.readexactly(2)
+            assert not b1 & 0x80, "server frames are never masked"
+            n = b1 & 0x7F
+            if n == 126:
+                n = int.from_bytes(await self.reader.readexactly(2), "big")
+            elif n == 127:
+                n = int.from_bytes(await self.reader.readexactly(8), "big")
+            return b0 & 0x0F, await self.reader.readexactly(n)
+
+        return await asyncio.wait_for(read(), T)
+
+    async def envelope(self) -> dict[str, Any]:
+        while not self.envelopes:
+            op, payload = await self.frame()
+            assert op == wf.OP_TEXT, (op, payload)
+            self.envelopes += [json.loads(line) for line in payload.split(b"\n")]
+        return self.envelopes.pop(0)
+
+    def send(self, op: int, payload: bytes, **kw: Any) -> None:
+        self.writer.write(client_frame(op, payload, **kw))
+
+    def send_env(self, **env: Any) -> None:
+        self.send(wf.OP_TEXT, json.dumps(env).encode())
+
+    async def eof(self) -> bool:
+        """True once the server has closed the connection (whatever it sent before)."""
+        with contextlib.suppress(ConnectionResetError):
+            await asyncio.wait_for(self.reader.read(), T)
+        return self.reader.at_eof()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def test_fragments_are_joined_and_pings_answered_between_them(gw: Gw) -> None:
+    c = await Raw.open(gw)
+    await c.upgrade(unique("u"))
+    msg = json.dumps({"op": "ping", "inbox": "frag"}).encode()
+    c.send(wf.OP_TEXT, msg[:5], fin=False)
+    c.send(wf.OP_PING, b"are you there")
+    c.send(wf.OP_CONT, msg[5:9], fin=False)
+    c.send(wf.OP_CONT, msg[9:])
+    assert await c.frame() == (wf.OP_PONG, b"are you there")
+    assert await c.envelope() == {"op": "pong", "inbox": "frag"}
+    c.close()
+
+
+async def test_frames_sent_behind_the_head_wait_for_cap_update(gw: Gw) -> None:
+    c = await Raw.open(gw)
+    early = client_frame(wf.OP_TEXT, b'{"op":"ping","inbox":"early"}')
+    await c.upgrade(unique("u"), then=early)  # asserts cap_update came first
+    assert await c.envelope() == {"op": "pong", "inbox": "early"}
+    c.close()
+
+
+async def test_a_close_is_echoed_and_frees_the_session(gw: Gw) -> None:
+    c = await Raw.open(gw)
+    await c.upgrade(unique("u"))
+    await eventually(lambda: len(gw.gateway.sessions) == 1, timeout=T)
+    c.send(wf.OP_CLOSE, wf.close_payload(1000, "bye"))
+    op, payload = await c.frame()
+    assert op == wf.OP_CLOSE and wf.parse_close(payload)[0] == 1000
+    assert await c.eof()  # the server closes the TCP connection (RFC 6455 §7.1.1)
+    await eventually(lambda: not gw.gateway.sessions and not gw.gateway.conns_by_ip, timeout=T)
+    c.close()
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        (client_frame(wf.OP_TEXT, b'{"op":"ping"}', mask=b""), 1002),
+        (client_frame(wf.OP_TEXT, b'{"op":"ping"}', rsv=0x40), 1002),
+        (client_frame(wf.OP_CONT, b"x"), 1002),
+        (client_frame(wf.OP_CLOSE, b"\x03"), 1002),
+    ],
+)
+async def test_protocol_errors_close_with_their_code(gw: Gw, frame: bytes, code: int) -> None:
+    c = await Raw.open(gw)
+    await c.upgrade(unique("u"))
+    c.writer.write(frame)
+    op, payload = await c.frame()
+    assert op == wf.OP_CLOSE and wf.parse_close(payload)[0] == code
+    assert await c.eof()
+    await eventually(lambda: not gw.gateway.sessions, timeout=T)
+    c.close()
+
+
+async def test_a_burst_of_frames_is_handled_in_order(make_gw: Any) -> None:
+    """More frames at once than the session queues before it stops reading the socket."""
+    gw: Gw = await make_gw(rate_per_s=0)
+    c = await Raw.open(gw)
+    await c.upgrade(unique("u"))
+    n = 1000
+    c.writer.write(
+        b"".join(client_frame(wf.OP_TEXT, b'{"op":"ping","inbox":"%d"}' % i) for i in range(n))
+    )
+    got = [(await c.envelope())["inbox"] for _ in range(n)]
+    assert got == [str(i) for i in range(n)]
+    c.close()
+
+
+async def test_wrong_version_is_426_and_no_socket(gw: Gw) -> None:
+    c = await Raw.open(gw)
+    c.writer.write(upgrade_head(mint_token("u", SECRET, 60), version="8"))
+    head = await c.response_head()
+    assert head.startswith(b"HTTP/1.1 426 ") and b"Sec-WebSocket-Version: 13" in head
+    assert await c.eof()
+    c.close()
+
+
+async def test_a_head_that_never_ends_is_cut_off(gw: Gw, monkeypatch: Any) -> None:
+    monkeypatch.setattr(edge, "HEAD_TIMEOUT_S", 0.2)
+    c = await Raw.open(gw)
+    c.writer.write(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    assert await c.eof()
+    c.close()
+
+
+async def test_ws_on_a_keep_alive_connection_after_another_request(gw: Gw) -> None:
+    """aiohttp owns a connection once it carried a plain request; its /ws route serves an
+    upgrade that comes next on it, with the same session behind it."""
+    c = await Raw.open(gw)
+    c.writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    head = await c.response_head()
+    assert head.startswith(b"HTTP/1.1 200 ")
+    lines = head.split(b"\r\n")
+    length = int(next(h for h in lines if h.lower().startswith(b"content-length:"))[15:])
+    assert json.loads(await c.reader.readexactly(length)) == {"status": "ok"}
+    await c.upgrade(unique("u"))
+    c.send_env(op="ping", inbox="again")
+    assert await c.envelope() == {"op": "pong", "inbox": "again"}
+    c.send(wf.OP_CLOSE, wf.close_payload(1000))
+    op, _ = await c.frame()
+    assert op == wf.OP_CLOSE
+    await eventually(lambda: not gw.gateway.sessions, timeout=T)
+    c.close()

@@ -31,6 +31,8 @@ class CloseCode(enum.IntEnum):
 
     NORMAL = 1000
     GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002  # a frame that breaks RFC 6455 (unmasked, reserved bits, ...)
+    INVALID_DATA = 1007  # a close reason that is not UTF-8
     POLICY = 1008  # refused by policy (e.g. origin); do not reconnect unchanged
     TOO_BIG = 1009  # a frame over MAX_FRAME_BYTES
     INTERNAL = 1011
@@ -49,6 +51,8 @@ class CloseInfo:
 CLOSE_INFO: dict[CloseCode, CloseInfo] = {
     CloseCode.NORMAL: CloseInfo("normal closure", reconnect=False),
     CloseCode.GOING_AWAY: CloseInfo("going away", reconnect=True),
+    CloseCode.PROTOCOL_ERROR: CloseInfo("protocol error", reconnect=False),
+    CloseCode.INVALID_DATA: CloseInfo("invalid data", reconnect=False),
     CloseCode.POLICY: CloseInfo("policy violation", reconnect=False),
     CloseCode.TOO_BIG: CloseInfo("frame too large", reconnect=True),
     CloseCode.INTERNAL: CloseInfo("internal error", reconnect=True),

@@ -65,7 +65,7 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # one per subscription of every connection: memory
 class Subscription:
     kind: Kind
     target: str

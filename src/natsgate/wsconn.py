@@ -61,7 +61,7 @@ class WsConnection(asyncio.Protocol):
         for op, payload in messages:
             if op in (OP_TEXT, OP_BINARY):
                 if not session.receive(payload):
-                    self._transport.pause_reading()  # resume_reading() when caught up
+                    self.pause_reading()  # the session resumes it when caught up
             elif op == OP_PING:
                 session.seen()
                 if not self._transport.is_closing() and not self._close_sent:

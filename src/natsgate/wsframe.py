@@ -11,6 +11,8 @@ import base64
 import hashlib
 import struct
 
+from .errors import CloseCode
+
 OP_CONT, OP_TEXT, OP_BINARY = 0x0, 0x1, 0x2
 OP_CLOSE, OP_PING, OP_PONG = 0x8, 0x9, 0xA
 _DATA = (OP_CONT, OP_TEXT, OP_BINARY)
@@ -21,9 +23,9 @@ _H16 = struct.Struct("!BBH")
 _H64 = struct.Struct("!BBQ")
 _CODE = struct.Struct("!H")
 
-PROTOCOL_ERROR = 1002
-INVALID_DATA = 1007
-TOO_BIG = 1009
+PROTOCOL_ERROR = CloseCode.PROTOCOL_ERROR
+INVALID_DATA = CloseCode.INVALID_DATA
+TOO_BIG = CloseCode.TOO_BIG
 
 
 class FrameError(Exception):

@@ -7,7 +7,9 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import os
+import random
 from typing import Any
 
 import pytest
@@ -189,4 +191,54 @@ async def test_ws_on_a_keep_alive_connection_after_another_request(gw: Gw) -> No
     op, _ = await c.frame()
     assert op == wf.OP_CLOSE
     await eventually(lambda: not gw.gateway.sessions, timeout=T)
+    c.close()
+
+
+async def test_garbage_at_the_websocket_layer_never_hurts_the_gateway(
+    gw: Gw, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Random bytes, truncated and corrupted frames after a real upgrade, 300 connections:
+    each one ends with a close code of RFC 6455 (or stays usable), none leaves anything
+    behind, and the gateway logs no error and serves the next client as before."""
+    rng = random.Random(6455)
+    await gw.set_caps("fz", {"subjects": ["fz.>"]})
+    good = [
+        client_frame(wf.OP_TEXT, b'{"op":"sub","target":"fz.a","inbox":"s"}'),
+        client_frame(wf.OP_TEXT, b'{"op":"ping","inbox":"p"}'),
+        client_frame(wf.OP_PING, b"x"),
+    ]
+    codes: dict[int | None, int] = {}
+    for _ in range(300):
+        c = await Raw.open(gw)
+        await c.upgrade("fz")
+        parts = []
+        for _ in range(rng.randint(1, 6)):
+            kind = rng.random()
+            if kind < 0.4:
+                parts.append(rng.choice(good))
+            elif kind < 0.7:
+                f = bytearray(rng.choice(good))
+                f[rng.randrange(len(f))] = rng.randrange(256)  # one corrupted byte
+                parts.append(bytes(f))
+            else:
+                parts.append(rng.randbytes(rng.randint(1, 40)))
+        c.writer.write(b"".join(parts))
+        code: int | None = None
+        with contextlib.suppress(TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            while True:  # read until the server closes, or stays quiet (then we leave)
+                op, payload = await asyncio.wait_for(c.frame(), 0.1)
+                if op == wf.OP_CLOSE:
+                    code = wf.parse_close(payload)[0]
+                    break
+        assert code in (None, 1002, 1007, 1009), code
+        codes[code] = codes.get(code, 0) + 1
+        c.close()
+    assert codes.get(1002, 0) > 50 and codes.get(None, 0) > 10, codes  # both paths were hit
+    await eventually(lambda: not gw.gateway.sessions and not gw.gateway.conns_by_ip, timeout=T)
+    await eventually(lambda: gw.gateway.hub.receivers("fz.a") == 0, timeout=T)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    c = await Raw.open(gw)
+    await c.upgrade("fz")
+    c.send_env(op="ping", inbox="after")
+    assert await c.envelope() == {"op": "pong", "inbox": "after"}
     c.close()

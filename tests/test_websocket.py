@@ -17,6 +17,7 @@ import pytest
 from natsgate import edge
 from natsgate import wsframe as wf
 from natsgate.auth import mint_token
+from natsgate.wsconn import WsConnection
 from tests.conftest import SECRET, Gw, unique
 from tests.helpers import T, eventually
 from tests.test_wsframe import client_frame
@@ -154,6 +155,30 @@ async def test_a_burst_of_frames_is_handled_in_order(make_gw: Any) -> None:
     )
     got = [(await c.envelope())["inbox"] for _ in range(n)]
     assert got == [str(i) for i in range(n)]
+    c.close()
+
+
+async def test_large_frames_in_a_burst_are_handled_in_order(gw: Gw, monkeypatch: Any) -> None:
+    """Past 64 KiB waiting the gateway stops reading the socket, then resumes."""
+    pauses = []
+    pause = WsConnection.pause_reading
+    monkeypatch.setattr(WsConnection, "pause_reading", lambda self: pauses.append(pause(self)))
+    await gw.set_caps("big", {"publish": ["big.>"]})
+    c = await Raw.open(gw)
+    await c.upgrade("big")
+    pad = "x" * 100_000
+    c.writer.write(
+        b"".join(
+            client_frame(
+                wf.OP_TEXT,
+                json.dumps({"op": "pub", "target": "big.a", "data": pad, "inbox": str(i)}).encode(),
+            )
+            for i in range(20)
+        )
+    )
+    got = [(await c.envelope())["inbox"] for _ in range(20)]
+    assert got == [str(i) for i in range(20)]
+    assert pauses  # the bound in bytes was reached (each frame is over 64 KiB)
     c.close()
 
 

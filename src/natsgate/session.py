@@ -28,8 +28,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("natsgate.session")
 
-INBOX_HIGH = 64  # client frames waiting to be handled before the transport stops reading
-INBOX_LOW = 8  # ... and starts again
+# Client frames waiting to be handled before the transport stops reading the socket (as
+# aiohttp's reader did at 64 KiB), and the level at which it starts again.
+INBOX_HIGH, INBOX_HIGH_BYTES = 64, 65_536
+INBOX_LOW, INBOX_LOW_BYTES = 8, 32_768
 
 
 def _really_cancelled() -> bool:
@@ -103,6 +105,7 @@ class Session:
         "_congested",
         "_expiry",
         "_inq",
+        "_inq_bytes",
         "_ping_sent",
         "_reader",
         "_refill_at",
@@ -147,6 +150,7 @@ class Session:
         self._refill_at = time.monotonic()
         self._closed: asyncio.Future[None] | None = None  # made when someone waits
         self._inq: deque[bytes] | None = None  # client frames not yet handled
+        self._inq_bytes = 0
         self._reader: asyncio.Task[None] | None = None  # lives while frames wait
 
     # ------------------------------------------------------------------ life cycle
@@ -340,9 +344,10 @@ class Session:
         if q is None:
             q = self._inq = deque()
         q.append(frame)
+        self._inq_bytes += len(frame)
         if self._reader is None:
             self._reader = self._spawn(self._read_inbox(), "read")
-        return len(q) < INBOX_HIGH
+        return len(q) < INBOX_HIGH and self._inq_bytes < INBOX_HIGH_BYTES
 
     async def _read_inbox(self, *, opening: bool = False) -> None:
         try:
@@ -351,7 +356,8 @@ class Session:
             q = self._inq
             while q:
                 frame = q.popleft()
-                if len(q) == INBOX_LOW:
+                self._inq_bytes -= len(frame)
+                if len(q) <= INBOX_LOW and self._inq_bytes <= INBOX_LOW_BYTES:
                     self.transport.resume_reading()
                 await self.on_frame(frame)
             self.transport.resume_reading()
@@ -360,6 +366,7 @@ class Session:
             self._close_soon(CloseCode.INTERNAL)
         finally:
             self._reader = self._inq = None
+            self._inq_bytes = 0
 
     async def on_frame(self, frame: bytes | str) -> None:
         """Handle each envelope of a client frame on its own, in order (contract §1)."""

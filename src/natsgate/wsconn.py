@@ -64,7 +64,9 @@ class WsConnection(asyncio.Protocol):
                     self.pause_reading()  # the session resumes it when caught up
             elif op == OP_PING:
                 session.seen()
-                if not self._transport.is_closing() and not self._close_sent:
+                # Not while our writes are backed up: a client that pings without reading
+                # would grow the buffer (RFC 6455 §5.5.3 lets pongs be coalesced).
+                if not (self._paused or self._close_sent or self._transport.is_closing()):
                     self._transport.write(frame(OP_PONG, payload))
             elif op == OP_PONG:
                 session.seen()

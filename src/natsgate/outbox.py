@@ -118,10 +118,12 @@ class Outbox:
         frames = self._frames
         if not frames:
             return None
-        first = frames.popleft()
-        if not frames:
-            out, count, nbytes = first, 1, len(first)
+        if self.size < self.max_batch:  # all of it fits: one join, no pop per envelope
+            nbytes, count = self.size, len(frames)
+            out = frames.popleft() if count == 1 else NEWLINE.join(frames)
+            frames.clear()
         else:
+            first = frames.popleft()
             batch = [first]
             nbytes = len(first)
             while frames and nbytes + len(frames[0]) < self.max_batch:

@@ -13,6 +13,7 @@ import random
 from typing import Any
 
 import pytest
+from nats.aio.client import Client as NATS
 
 from natsgate import edge
 from natsgate import wsframe as wf
@@ -121,6 +122,40 @@ async def test_a_close_is_echoed_and_frees_the_session(gw: Gw) -> None:
     assert op == wf.OP_CLOSE and wf.parse_close(payload)[0] == 1000
     assert await c.eof()  # the server closes the TCP connection (RFC 6455 §7.1.1)
     await eventually(lambda: not gw.gateway.sessions and not gw.gateway.conns_by_ip, timeout=T)
+    c.close()
+
+
+@pytest.mark.parametrize("ending", ["close frame", "TCP reset"])
+async def test_what_a_client_sent_before_leaving_still_happens(
+    gw: Gw, nc: NATS, ending: str
+) -> None:
+    """``ws.send(pub); ws.close()``: the publish goes out though the socket is gone before
+    the gateway gets to it (it waits behind a subscription NATS has to confirm first)."""
+    subject = unique("last.")
+    await gw.set_caps("leaver", {"subjects": ["last.>"], "publish": ["last.>"]})
+    got: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def on_msg(msg: Any) -> None:
+        await got.put(msg.data)
+
+    sub = await nc.subscribe(subject, cb=on_msg)
+    await nc.flush()
+    c = await Raw.open(gw)
+    await c.upgrade("leaver")
+    frames = [
+        client_frame(wf.OP_TEXT, json.dumps({"op": "sub", "target": f"{subject}.x"}).encode()),
+        client_frame(wf.OP_TEXT, json.dumps({"op": "pub", "target": subject, "data": 1}).encode()),
+    ]
+    if ending == "close frame":
+        frames.append(client_frame(wf.OP_CLOSE, wf.close_payload(1000)))
+    c.writer.write(b"".join(frames))
+    await c.writer.drain()
+    if ending == "TCP reset":
+        c.writer.transport.abort()
+    assert await asyncio.wait_for(got.get(), T) == b"1"
+    await eventually(lambda: not gw.gateway.sessions, timeout=T)
+    await eventually(lambda: gw.gateway.hub.receivers(f"{subject}.x") == 0, timeout=T)
+    await sub.unsubscribe()
     c.close()
 
 

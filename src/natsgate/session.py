@@ -103,6 +103,7 @@ class Session:
         "_closed",
         "_cmds",
         "_congested",
+        "_ending",
         "_expiry",
         "_inq",
         "_inq_bytes",
@@ -149,8 +150,9 @@ class Session:
         self._tokens = float(gw.config.rate_burst)
         self._refill_at = time.monotonic()
         self._closed: asyncio.Future[None] | None = None  # made when someone waits
-        self._inq: deque[bytes] | None = None  # client frames not yet handled
+        self._inq: deque[bytes | None] | None = None  # client frames not yet handled
         self._inq_bytes = 0
+        self._ending = False  # the socket is gone; close once the frames before are handled
         self._reader: asyncio.Task[None] | None = None  # lives while frames wait
 
     # ------------------------------------------------------------------ life cycle
@@ -223,7 +225,19 @@ class Session:
                 self._closed.set_result(None)
 
     def disconnected(self) -> None:
-        """The socket is gone (the peer closed it or vanished): free everything."""
+        """The socket is gone (the peer closed it, vanished, or a write failed): free
+        everything, once the frames the client sent before are handled. A ``pub`` sent
+        right before ``close()`` is published, as the contract's "in order" promises;
+        only its reply has nowhere to go."""
+        if self.state is not State.OPEN or self._ending:
+            return
+        self._ending = True
+        if self._reader is None or self._inq is None:
+            self._close_gone()
+        else:
+            self._inq.append(None)  # the reader closes the session when it gets here
+
+    def _close_gone(self) -> None:
         self._close_soon(CloseCode.GOING_AWAY if self.gw.stopping else CloseCode.NORMAL)
 
     def _close_soon(self, code: CloseCode, error: tuple[ErrorCode, str] | None = None) -> None:
@@ -265,7 +279,7 @@ class Session:
             done = self.outbox.flush(self._write)
         except (ConnectionError, RuntimeError, OSError) as exc:
             log.debug("send to %s failed: %r", self.user, exc)
-            self._close_soon(CloseCode.GOING_AWAY)
+            self.disconnected()
             return
         if not done:  # the socket's buffer is full: the rest waits (and counts)
             self._congested = True
@@ -338,7 +352,7 @@ class Session:
         order by one task that lives only while frames wait: none for an idle connection.
         False: enough is waiting; the transport should pause reading (the session resumes
         it when caught up)."""
-        if self.state is not State.OPEN:
+        if self.state is not State.OPEN or self._ending:
             return True
         q = self._inq
         if q is None:
@@ -356,6 +370,9 @@ class Session:
             q = self._inq
             while q:
                 frame = q.popleft()
+                if frame is None:  # disconnected() was called: everything before is done
+                    self._close_gone()
+                    return
                 self._inq_bytes -= len(frame)
                 if len(q) <= INBOX_LOW and self._inq_bytes <= INBOX_LOW_BYTES:
                     self.transport.resume_reading()

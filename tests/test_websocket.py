@@ -125,7 +125,7 @@ async def test_a_close_is_echoed_and_frees_the_session(gw: Gw) -> None:
     c.close()
 
 
-@pytest.mark.parametrize("ending", ["close frame", "TCP reset"])
+@pytest.mark.parametrize("ending", ["close frame", "TCP reset", "protocol error"])
 async def test_what_a_client_sent_before_leaving_still_happens(
     gw: Gw, nc: NATS, ending: str
 ) -> None:
@@ -148,6 +148,8 @@ async def test_what_a_client_sent_before_leaving_still_happens(
     ]
     if ending == "close frame":
         frames.append(client_frame(wf.OP_CLOSE, wf.close_payload(1000)))
+    elif ending == "protocol error":  # in the same write: the frames before still count
+        frames.append(client_frame(wf.OP_TEXT, b"{}", mask=b""))
     c.writer.write(b"".join(frames))
     await c.writer.drain()
     if ending == "TCP reset":

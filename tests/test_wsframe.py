@@ -105,6 +105,13 @@ def test_protocol_errors_name_their_close_code(raw: bytes, code: int) -> None:
     assert info.value.code == code
 
 
+def test_messages_ahead_of_a_bad_frame_come_with_the_error() -> None:
+    good = [client_frame(wf.OP_TEXT, b"one"), client_frame(wf.OP_PING, b"p")]
+    with pytest.raises(wf.FrameError) as info:
+        wf.FrameReader(max_size=100).feed(b"".join(good) + client_frame(0x3, b"bad"))
+    assert info.value.before == [(wf.OP_TEXT, b"one"), (wf.OP_PING, b"p")]
+
+
 def test_an_over_long_frame_is_refused_from_its_header_alone() -> None:
     head = struct.pack("!BBQ", 0x81, 0x80 | 127, 1 << 40) + b"mask"
     with pytest.raises(wf.FrameError) as info:

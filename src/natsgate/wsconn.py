@@ -48,13 +48,18 @@ class WsConnection(asyncio.Protocol):
     # ------------------------------------------------------------------ asyncio.Protocol
 
     def data_received(self, data: bytes) -> None:
+        error: FrameError | None = None
         try:
             messages = self._reader.feed(data)
         except FrameError as exc:
+            error, messages = exc, exc.before
+        self._dispatch(messages)
+        if error is not None:
             user = self.session.user if self.session else "?"
-            log.info("closing %s: %s (%d)", user, exc.reason, exc.code)
-            self._shut(exc.code, exc.reason)
-            return
+            log.info("closing %s: %s (%d)", user, error.reason, error.code)
+            self._shut(error.code, error.reason)
+
+    def _dispatch(self, messages: list[tuple[int, bytes]]) -> None:
         session = self.session
         if session is None:
             return

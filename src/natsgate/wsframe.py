@@ -29,12 +29,14 @@ TOO_BIG = CloseCode.TOO_BIG
 
 
 class FrameError(Exception):
-    """The peer broke the protocol: close the connection with ``code``."""
+    """The peer broke the protocol: close the connection with ``code``. ``before`` holds
+    the whole messages that came ahead of the offending frame (they are still handled)."""
 
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(reason)
         self.code = code
         self.reason = reason
+        self.before: list[tuple[int, bytes]] = []
 
 
 def accept_key(key: str) -> str:
@@ -112,9 +114,16 @@ class FrameReader:
         self._frag_op = OP_TEXT
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        out: list[tuple[int, bytes]] = []
+        try:
+            return self._feed(data, out)
+        except FrameError as exc:
+            exc.before = out
+            raise
+
+    def _feed(self, data: bytes, out: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
         buf = data if self._buf is None else self._buf + data
         self._buf = None
-        out: list[tuple[int, bytes]] = []
         pos, end = 0, len(buf)
         while end - pos >= 2:
             b0, b1 = buf[pos], buf[pos + 1]

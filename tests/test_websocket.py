@@ -84,8 +84,10 @@ class Raw:
 
     async def eof(self) -> bool:
         """True once the server has closed the connection (whatever it sent before)."""
-        with contextlib.suppress(ConnectionResetError):
+        try:
             await asyncio.wait_for(self.reader.read(), T)
+        except ConnectionResetError:
+            return True
         return self.reader.at_eof()
 
     def close(self) -> None:
@@ -233,6 +235,16 @@ async def test_a_head_that_never_ends_is_cut_off(gw: Gw, monkeypatch: Any) -> No
     c = await Raw.open(gw)
     c.writer.write(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n")
     assert await c.eof()
+    c.close()
+
+
+async def test_stopping_cuts_connections_still_sending_their_head(gw: Gw) -> None:
+    c = await Raw.open(gw)
+    c.writer.write(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    await eventually(lambda: len(gw.edge.fronts) == 1, timeout=T)
+    gw.edge.stop_listening()
+    assert await c.eof()
+    assert not gw.edge.fronts
     c.close()
 
 

@@ -92,14 +92,22 @@ class Front(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         t = self._transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
         self._timer = asyncio.get_running_loop().call_later(HEAD_TIMEOUT_S, t.abort)
+        self._edge.fronts.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._done()
 
     def _done(self) -> None:
+        self._edge.fronts.discard(self)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+    def cut(self) -> None:
+        """The gateway is stopping and this connection has not said what it wants yet."""
+        self._done()
+        if self._transport is not None:
+            self._transport.close()
 
     def data_received(self, data: bytes) -> None:
         head = self._head + data
@@ -173,6 +181,7 @@ class Edge:
         self.gw = gw
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1)
         self._server: asyncio.Server | None = None
+        self.fronts: set[Front] = set()  # connections still sending their request head
         self.port = 0
 
     def http(self) -> asyncio.Protocol:
@@ -199,6 +208,8 @@ class Edge:
     def stop_listening(self) -> None:
         if self._server is not None:
             self._server.close()
+        for front in list(self.fronts):
+            front.cut()
 
     async def cleanup(self) -> None:
         """After the gateway has closed its sessions: aiohttp's connections and app."""

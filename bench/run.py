@@ -432,7 +432,8 @@ async def start_target(
         env["PYTHONPATH"] = f"{NATSGATE_SRC}{os.pathsep}{ROOT}"
     srv = Server(t.name, argv, run_dir / f"{t.name}.log", env, run_dir)
     stack.callback(srv.stop)
-    await wait_for_line(srv, r"natsgate listening on (http://\S+)", t.workers, 30)
+    # each worker says it; tolerate two such lines run together in the shared log
+    await wait_for_line(srv, r"natsgate listening on (http://[0-9.]+:[0-9]+)", t.workers, 30)
     for _ in range(3 * t.workers):  # SO_REUSEPORT spreads these over the workers
         await http_ok(f"http://127.0.0.1:{port}/healthz", 30)
     await grant(nats.url)

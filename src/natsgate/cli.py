@@ -46,6 +46,13 @@ def _setup_logging(level: str) -> None:
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
+def _say(line: str) -> None:
+    """One line in one write: with ``--workers`` several processes share stdout, and
+    ``print`` writes the text and its newline separately, so lines could interleave."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def _fail(message: str, code: int = 2) -> int:
     print(f"natsgate: {message}", file=sys.stderr)
     return code
@@ -78,7 +85,7 @@ async def _serve(cfg: Config, *, demo_password: str | None = None, reuse_port: b
         await edge.cleanup()
         return _fail(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}")
     shown = "127.0.0.1" if cfg.host in ("0.0.0.0", "") else cfg.host
-    print(f"natsgate listening on http://{shown}:{port}", flush=True)
+    _say(f"natsgate listening on http://{shown}:{port}")
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -106,10 +113,9 @@ async def _serve(cfg: Config, *, demo_password: str | None = None, reuse_port: b
             log.error("demo set-up failed: %r", exc)
             stop.set()
         else:
-            print(
+            _say(
                 f"demo ready: open http://{shown}:{port}/ and log in as alice or bob "
-                f"with password {demo_password}",
-                flush=True,
+                f"with password {demo_password}"
             )
     await stop.wait()
     log.info("stopping: no new connections; telling clients to reconnect elsewhere")

@@ -327,6 +327,19 @@ def plots(result: dict[str, Any], out_dir: Path) -> None:
     meta = result["meta"]
     sub = f"{meta['mode']} mode, {meta['timestamp']}, {meta['machine']['cores']} cores (shared)"
 
+    def finish(fig: Any, ax: Any, ylabel: str, title: str, path: Path, **legend: Any) -> None:
+        """Both plots: log-log against subscribers on one subject."""
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("subscribers on one subject")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(**legend)
+        fig.tight_layout()
+        fig.savefig(path)
+        plt.close(fig)
+
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
     for t in targets:
         pts = [
@@ -345,16 +358,13 @@ def plots(result: dict[str, Any], out_dir: Path) -> None:
             label=_label(result, t),
             linewidth=2,
         )
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("subscribers on one subject")
-    ax.set_ylabel("delivered messages / second (all clients)")
-    ax.set_title(f"Fan-out throughput, 100-byte JSON\n{sub}", fontsize=10)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out_dir / "throughput.png")
-    plt.close(fig)
+    finish(
+        fig,
+        ax,
+        "delivered messages / second (all clients)",
+        f"Fan-out throughput, 100-byte JSON\n{sub}",
+        out_dir / "throughput.png",
+    )
 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
     for t in targets:
@@ -381,16 +391,15 @@ def plots(result: dict[str, Any], out_dir: Path) -> None:
             alpha=0.6,
             label=f"{_label(result, t)} p50",
         )
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("subscribers on one subject")
-    ax.set_ylabel("publish → last subscriber, ms")
-    ax.set_title(f"Latency to the last subscriber at a moderate rate\n{sub}", fontsize=10)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    fig.savefig(out_dir / "latency.png")
-    plt.close(fig)
+    finish(
+        fig,
+        ax,
+        "publish → last subscriber, ms",
+        f"Latency to the last subscriber at a moderate rate\n{sub}",
+        out_dir / "latency.png",
+        fontsize=8,
+        ncol=2,
+    )
 
 
 def write_docs(result: dict[str, Any], docs: Path, out_dir: Path) -> None:

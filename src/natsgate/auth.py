@@ -80,6 +80,19 @@ def token_from(
     return cookies.get("jwt") or query.get("token") or None
 
 
+def identify(
+    headers: Mapping[str, str],
+    cookies: Mapping[str, str],
+    query: Mapping[str, str],
+    secret: str,
+) -> Identity:
+    """Who a request is (the upgrade, ``/auth/me``), or :class:`AuthError`."""
+    token = token_from(headers, cookies, query)
+    if token is None:
+        raise AuthError("no token")
+    return verify_token(token, secret)
+
+
 class Passwords:
     """argon2id hashes with an optional pepper (``WEB_HASH_SALT``)."""
 

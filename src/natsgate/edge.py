@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from .auth import AuthError, Identity, token_from, verify_token
+from .auth import AuthError, Identity, identify
 from .gateway import Gateway
 from .handshake import (
     MAX_HEAD,
@@ -64,11 +64,8 @@ def admit(
         raise HeadError(503, "gateway is stopping")
     if not origin_allowed(headers.get("Origin"), host, cfg.allowed_origins):
         raise HeadError(403, "origin not allowed")
-    token = token_from(headers, cookies, query)
-    if token is None:
-        raise HeadError(401, "no token")
     try:
-        ident = verify_token(token, cfg.jwt_secret)
+        ident = identify(headers, cookies, query, cfg.jwt_secret)
     except AuthError as exc:
         raise HeadError(401, str(exc)) from None
     if not gw.ready.is_set() or not gw.upstream.connected:

@@ -73,7 +73,7 @@ class Gateway:
     def detach(self, session: Session) -> None:
         if session not in self.sessions:
             return
-        self.sessions.discard(session)
+        self.sessions.remove(session)
         self.conns_by_ip[session.remote] -= 1
         if self.conns_by_ip[session.remote] <= 0:
             del self.conns_by_ip[session.remote]

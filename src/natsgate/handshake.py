@@ -58,11 +58,7 @@ def routes_here(request_line: bytes) -> bool:
 
 def parse_head(raw: bytes) -> Head:
     """Parse a request head (everything before the blank line)."""
-    try:
-        text = raw.decode("latin-1")
-    except UnicodeDecodeError:  # latin-1 decodes every byte; kept for the type checker
-        raise HeadError(400, "request head is not text") from None
-    lines = text.split("\r\n")
+    lines = raw.decode("latin-1").split("\r\n")  # latin-1: every byte is a character
     parts = lines[0].split(" ")
     if len(parts) != 3 or parts[2] != "HTTP/1.1":
         raise HeadError(400, "expected an HTTP/1.1 request line")

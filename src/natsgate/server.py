@@ -15,7 +15,7 @@ from aiohttp import ClientSession, ClientTimeout, WSMsgType, web
 from nats.js.errors import KeyNotFoundError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .auth import AuthError, mint_token, token_from, verify_token
+from .auth import AuthError, identify, mint_token
 from .edge import admit
 from .errors import CloseCode
 from .gateway import Gateway
@@ -108,7 +108,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         log.exception("connection of %s failed", ident.user)
         await session.close(CloseCode.INTERNAL)
     finally:
-        await session.close(CloseCode.GOING_AWAY if gw.stopping else CloseCode.NORMAL)
+        session.disconnected()
+        await session.wait_closed()
     return ws
 
 
@@ -200,11 +201,8 @@ async def logout(request: web.Request) -> web.Response:
 
 async def me(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY_KEY]
-    token = token_from(request.headers, request.cookies, request.query)
     try:
-        if token is None:
-            raise AuthError("no token")
-        ident = verify_token(token, gw.config.jwt_secret)
+        ident = identify(request.headers, request.cookies, request.query, gw.config.jwt_secret)
     except AuthError as exc:
         return web.json_response({"error": str(exc)}, status=401)
     if not gw.ready.is_set():

@@ -116,12 +116,13 @@ class FrameReader:
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         out: list[tuple[int, bytes]] = []
         try:
-            return self._feed(data, out)
+            self._feed(data, out)
         except FrameError as exc:
             exc.before = out
             raise
+        return out
 
-    def _feed(self, data: bytes, out: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+    def _feed(self, data: bytes, out: list[tuple[int, bytes]]) -> None:
         buf = data if self._buf is None else self._buf + data
         self._buf = None
         pos, end = 0, len(buf)
@@ -158,7 +159,7 @@ class FrameReader:
             if op in _CONTROL:
                 out.append((op, payload))
                 if op == OP_CLOSE:
-                    return out  # nothing after a close frame counts (§5.5.1)
+                    return  # nothing after a close frame counts (§5.5.1)
             elif op == OP_CONT:
                 if self._frag is None:
                     raise FrameError(PROTOCOL_ERROR, "continuation frame without a message")
@@ -175,4 +176,3 @@ class FrameReader:
                     self._frag, self._frag_op = bytearray(payload), op
         if pos < end:
             self._buf = bytes(buf[pos:])
-        return out

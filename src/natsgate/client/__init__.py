@@ -16,9 +16,9 @@ Exceptions: everything the client reports is a :class:`NatsgateError` with a ``c
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from typing import Unpack
 
-from .connection import Client, TokenProvider
+from .connection import Client, ClientOptions, TokenProvider
 from .registry import CapUpdate
 from .subscriptions import (
     CoreSubscription,
@@ -43,19 +43,7 @@ from .wire import (
 )
 
 
-async def connect(
-    url: str,
-    *,
-    token: str | None = None,
-    token_provider: Callable[[], Awaitable[str | None]] | None = None,
-    headers: dict[str, str] | None = None,
-    min_backoff: float = 0.25,
-    max_backoff: float = 10.0,
-    stable_after: float = 5.0,
-    connect_timeout: float = 10.0,
-    heartbeat: float | None = 20.0,
-    refresh_before: float | None = 30.0,
-) -> Client:
+async def connect(url: str, **options: Unpack[ClientOptions]) -> Client:
     """Connect to ``url`` (``ws(s)://host:port/ws``) and wait until the client is OPEN.
 
     ``token`` is sent as ``Authorization: Bearer`` on the upgrade; ``token_provider`` is
@@ -69,21 +57,13 @@ async def connect(
     ``refresh_before`` seconds before the current one expires, so the connection and its
     subscriptions live on without a reconnect (None: only at reconnects).
 
+    Options and their defaults are those of :class:`Client` (:class:`ClientOptions`).
+
     Raises NatsgateError: ``unauthorized``/``forbidden`` when the upgrade is refused,
     ``disconnected`` when no connection opened within ``connect_timeout``.
     """
-    client = Client(
-        url,
-        token=token,
-        token_provider=token_provider,
-        headers=headers,
-        min_backoff=min_backoff,
-        max_backoff=max_backoff,
-        stable_after=stable_after,
-        connect_timeout=connect_timeout,
-        heartbeat=heartbeat,
-        refresh_before=refresh_before,
-    )
+    client = Client(url, **options)
+    connect_timeout = client.connect_timeout
     client.start()
     try:
         async with asyncio.timeout(connect_timeout):
@@ -104,6 +84,7 @@ __all__ = [
     "CLOSE_ACTIONS",
     "CapUpdate",
     "Client",
+    "ClientOptions",
     "ClientState",
     "CloseAction",
     "CoreSubscription",

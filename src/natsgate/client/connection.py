@@ -17,7 +17,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -58,6 +58,23 @@ from .wire import (
 log = logging.getLogger("natsgate.client")
 
 TokenProvider = Callable[[], Awaitable[str | None]]
+
+
+class ClientOptions(TypedDict, total=False):
+    """The keyword options of :class:`Client` (and :func:`natsgate.client.connect`); their
+    defaults are in ``Client.__init__`` alone."""
+
+    token: str | None
+    token_provider: TokenProvider | None
+    headers: dict[str, str] | None
+    min_backoff: float
+    max_backoff: float
+    stable_after: float
+    connect_timeout: float
+    heartbeat: float | None
+    timeout_grace: float
+    refresh_before: float | None
+
 
 REQUEST_TIMEOUT = 5.0  # seconds for an acknowledgement (pub, unsub, auth, ping)
 MAX_BATCH_BYTES = 256 * 1024  # client frames batch ops up to this (MAX_FRAME_BYTES is 1 MiB)
@@ -165,6 +182,10 @@ class Client(Emitter):
         self._subs = Registry()
 
     # ================================================================== public
+
+    @property
+    def connect_timeout(self) -> float:
+        return self._connect_timeout
 
     @property
     def state(self) -> ClientState:

@@ -44,6 +44,8 @@ class Config:
     nats_creds: Path | None = None  # NATS_CREDS: a .creds file
     nats_jwt: str | None = None  # NATS_JWT + NATS_NKEY: user JWT and its nkey seed
     nats_nkey: str | None = None
+    nats_user: str | None = None  # NATS_USER + NATS_PASSWORD (what --local makes)
+    nats_password: str = field(default="", repr=False)
     nats_name: str = "natsgate"  # FLY_APP_NAME + PRIMARY_REGION
     auth_bucket: str = "auth_users"  # AUTH_BUCKET: capabilities, key = user id
     auth_creds_bucket: str = "auth_creds"  # AUTH_CREDS_BUCKET: argon2id hashes
@@ -190,6 +192,9 @@ def load(flags: Flags, env: Mapping[str, str] | None = None) -> Config:
         raise ConfigError("NATS_JWT and NATS_NKEY must be given together")
     if nkey and not nkey.startswith("SU"):
         raise ConfigError("NATS_NKEY must be a user nkey seed (starting with 'SU')")
+    user, password = env.get("NATS_USER") or None, env.get("NATS_PASSWORD", "")
+    if bool(user) != bool(password):
+        raise ConfigError("NATS_USER and NATS_PASSWORD must be given together")
 
     app, region = env.get("FLY_APP_NAME"), env.get("PRIMARY_REGION")
     name = "-".join(p for p in (app, region) if p) or d.nats_name
@@ -208,6 +213,8 @@ def load(flags: Flags, env: Mapping[str, str] | None = None) -> Config:
         nats_creds=Path(creds) if creds else None,
         nats_jwt=jwt_,
         nats_nkey=nkey,
+        nats_user=user,
+        nats_password=password,
         nats_name=name,
         auth_bucket=get("AUTH_BUCKET", _bucket, d.auth_bucket),
         auth_creds_bucket=get("AUTH_CREDS_BUCKET", _bucket, d.auth_creds_bucket),

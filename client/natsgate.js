@@ -228,28 +228,37 @@ export function backoffDelay(attempt, minDelayMs = 250, maxDelayMs = 10000, rand
   return Math.min(maxDelayMs, Math.floor(minDelayMs + random() * window));
 }
 
+/** @typedef {"backoff" | "prompt" | "auth" | "stop"} CloseAction */
+
 /**
- * What the client does after a close code (contract sections 2 and 5). `backoff` is the
- * default for everything not listed (1006 abnormal, 1011 server error, ...).
- * @type {Readonly<Record<number, {meaning: string, action: "backoff" | "prompt" | "auth" | "stop"}>>}
+ * What the client does after a close code (contract sections 2, 5, 7 and 10): `backoff`
+ * reconnects after a growing, jittered delay; `prompt` at once (attempt counter reset);
+ * `auth` only with a fresh token; `stop` not at all. A code not listed (1006: the socket
+ * dropped without a close frame, a proxy's own code) means `backoff`.
+ *
+ * This is the gateway's table (`src/natsgate/errors.py`, `CLOSE_INFO`) word for word, one
+ * code per line; `tests/test_close_codes.py` reads it from here and compares the two.
+ * @type {Readonly<Record<number, Readonly<{meaning: string, action: CloseAction}>>>}
  */
 export const CLOSE_CODES = Object.freeze({
-  1000: { meaning: "normal closure by the server", action: "backoff" },
-  1001: { meaning: "going away: the server could not write to this socket", action: "backoff" },
+  1000: { meaning: "normal closure", action: "backoff" },
+  1001: { meaning: "going away", action: "backoff" },
+  1002: { meaning: "protocol error", action: "backoff" },
+  1007: { meaning: "invalid data: not UTF-8", action: "backoff" },
   1008: { meaning: "policy violation", action: "stop" },
-  1009: { meaning: "frame too large", action: "backoff" },
-  1012: { meaning: "server restart: reconnect elsewhere", action: "prompt" },
-  1011: { meaning: "internal error in the gateway", action: "backoff" },
-  1013: { meaning: "backpressure: this client was too slow", action: "backoff" },
-  4000: { meaning: "liveness: closed by this client (no pong or no cap_update)", action: "backoff" },
-  4001: { meaning: "unauthorized: the token expired or was refused", action: "auth" },
+  1009: { meaning: "message too big", action: "backoff" },
+  1011: { meaning: "internal error", action: "backoff" },
+  1012: { meaning: "gateway restart: reconnect elsewhere now", action: "prompt" },
+  1013: { meaning: "backpressure: this client read too slowly", action: "backoff" },
+  4000: { meaning: "closed by the client: no cap_update or pong", action: "backoff" },
+  4001: { meaning: "unauthorized: the token expired or was revoked", action: "auth" },
   4002: { meaning: "no pong: the server's pings went unanswered", action: "backoff" },
-  4003: { meaning: "forbidden", action: "stop" },
+  4003: { meaning: "disconnected by an administrator", action: "stop" },
 });
 
 /**
  * @param {number} code a WebSocket close code
- * @returns {"backoff" | "prompt" | "auth" | "stop"}
+ * @returns {CloseAction}
  */
 export function closeAction(code) {
   return CLOSE_CODES[code]?.action ?? "backoff";
@@ -1315,7 +1324,7 @@ export class NatsgateClient {
     if (action === "stop" || (action === "auth" && !canRenew)) {
       const err = action === "auth"
         ? new NatsgateError("unauthorized", reason || "unauthorized")
-        : new NatsgateError("forbidden", reason || `closed by the server (${code})`);
+        : new NatsgateError("forbidden", reason || `closed by the server (${code}): ${CLOSE_CODES[code]?.meaning}`);
       if (!(action === "auth" && this.#sawUnauthorized)) this.#emitError(err);
       this.#events.emit("disconnect", { code, reason, reconnectInMs: null });
       this.#shutdown(err);

@@ -47,8 +47,23 @@ test("close codes: what the client does after each", () => {
   assert.equal(closeAction(1013), "backoff");
   assert.equal(closeAction(4001), "auth");
   assert.equal(closeAction(1008), "stop");
-  assert.equal(closeAction(4003), "stop");
-  assert.equal(closeAction(1006), "backoff");
-  assert.equal(closeAction(1011), "backoff");
+  assert.equal(closeAction(4003), "stop"); // an administrator: not back at once, not at all
+  for (const code of [1000, 1001, 1002, 1007, 1009, 1011, 4000, 4002]) {
+    assert.equal(closeAction(code), "backoff", String(code));
+  }
+});
+
+test("close codes: a code not in the table backs off", () => {
+  for (const code of [1005, 1006, 1003, 3000, 4004, 4999]) {
+    assert.equal(closeAction(code), "backoff", String(code));
+  }
+});
+
+test("close codes: the table is frozen and says something for each", () => {
   assert.ok(Object.isFrozen(CLOSE_CODES));
+  for (const [code, { meaning, action }] of Object.entries(CLOSE_CODES)) {
+    assert.ok(Number(code) >= 1000 && Number(code) <= 4999, code);
+    assert.ok(meaning.length > 0, code);
+    assert.ok(["backoff", "prompt", "auth", "stop"].includes(action), code);
+  }
 });

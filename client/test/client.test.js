@@ -535,6 +535,34 @@ test("policy closes (1008, 4003) end the client", async (t) => {
   }
 });
 
+test("an administrator's disconnect (4003) without a reason: closed, no reconnect, the table's meaning", async (t) => {
+  const { net, client } = setup(t);
+  await client.ready();
+  const errored = nextEvent(client, "error");
+  const disconnected = nextEvent(client, "disconnect");
+  net.sockets[0].drop(4003);
+  const err = await errored;
+  assert.equal(err.code, "forbidden");
+  assert.match(err.message, /disconnected by an administrator/);
+  assert.equal((await disconnected).reconnectInMs, null);
+  assert.equal(client.state, "closed");
+  await new Promise((r) => setTimeout(r, 20));
+  assert.equal(net.sockets.length, 1);
+});
+
+test("1000, 1002 and 1007 from the server reconnect after a backoff", async (t) => {
+  for (const code of [1000, 1002, 1007]) {
+    const { net, client } = setup(t, { minDelayMs: 5, maxDelayMs: 50 });
+    await client.ready();
+    const disconnected = nextEvent(client, "disconnect");
+    net.sockets[0].drop(code);
+    const info = await disconnected;
+    assert.equal(info.code, code);
+    assert.ok(info.reconnectInMs !== null && info.reconnectInMs >= 5, String(code));
+    await until(() => net.sockets.length === 2 && client.state === "open", `reconnected after ${code}`);
+  }
+});
+
 test("a server that never sends cap_update is dropped after connectTimeoutMs and retried", async (t) => {
   const { net, client } = setup(t, { connectTimeoutMs: 10 }, (n) => {
     n.script = (sock) => (n.sockets.length === 1 ? sock.open() : (sock.open(), sock.capUpdate()));

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 from typing import Unpack
 
+from ..errors import CLOSE_INFO, CloseAction, CloseCode, CloseInfo, close_action
 from .connection import Client, ClientOptions, TokenProvider
 from .registry import CapUpdate
 from .subscriptions import (
@@ -28,9 +29,7 @@ from .subscriptions import (
     SubState,
 )
 from .wire import (
-    CLOSE_ACTIONS,
     ClientState,
-    CloseAction,
     DisconnectInfo,
     Headers,
     JsMessage,
@@ -39,7 +38,6 @@ from .wire import (
     NatsgateError,
     ReconnectInfo,
     backoff_delay,
-    close_action,
 )
 
 
@@ -81,12 +79,14 @@ async def connect(url: str, **options: Unpack[ClientOptions]) -> Client:
 
 
 __all__ = [
-    "CLOSE_ACTIONS",
+    "CLOSE_INFO",
     "CapUpdate",
     "Client",
     "ClientOptions",
     "ClientState",
     "CloseAction",
+    "CloseCode",
+    "CloseInfo",
     "CoreSubscription",
     "DisconnectInfo",
     "Headers",

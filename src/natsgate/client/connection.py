@@ -23,6 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 import msgspec
 
+from ..errors import CLOSE_INFO, CloseAction, CloseCode, close_action
 from .events import Emitter
 from .registry import Registry, S
 from .subscriptions import (
@@ -36,7 +37,6 @@ from .subscriptions import (
 )
 from .wire import (
     ClientState,
-    CloseAction,
     DisconnectInfo,
     Envelope,
     JsMessage,
@@ -46,7 +46,6 @@ from .wire import (
     Op,
     ReconnectInfo,
     backoff_delay,
-    close_action,
     decode_any,
     decode_cap_update,
     decode_envelope,
@@ -78,7 +77,6 @@ class ClientOptions(TypedDict, total=False):
 
 REQUEST_TIMEOUT = 5.0  # seconds for an acknowledgement (pub, unsub, auth, ping)
 MAX_BATCH_BYTES = 256 * 1024  # client frames batch ops up to this (MAX_FRAME_BYTES is 1 MiB)
-NO_CAP_UPDATE = 4000  # our own "close code": the socket opened but no cap_update came
 
 _TRANSITIONS: dict[ClientState, frozenset[ClientState]] = {
     ClientState.CONNECTING: frozenset({ClientState.OPEN, ClientState.CLOSED}),
@@ -383,7 +381,8 @@ class Client(Emitter):
                         return
                     auth_retried = self._token_stale = True
                 elif action is CloseAction.STOP:
-                    err = NatsgateError("forbidden", f"closed by the gateway ({code}): {reason}")
+                    why = reason or CLOSE_INFO[CloseCode(code)].meaning
+                    err = NatsgateError("forbidden", f"closed by the gateway ({code}): {why}")
                     self._emit("disconnect", DisconnectInfo(code, reason, None))
                     self._shut(err, emit=True)
                     return
@@ -490,7 +489,7 @@ class Client(Emitter):
                 else:  # CLOSING, CLOSED, ERROR
                     return ws.close_code or 1006, repr(ws.exception() or t)
         except TimeoutError:
-            return NO_CAP_UPDATE, "no cap_update in time"
+            return CloseCode.CLIENT_TIMEOUT, "no cap_update in time"
 
     def _ws_gone(self, code: int = 1006, reason: str = "") -> None:
         """The socket is gone: what was in flight fails, subscriptions wait to be re-sent."""

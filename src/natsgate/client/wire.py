@@ -1,8 +1,9 @@
 """The client's side of the envelope (contract section 3), and its pure rules.
 
-No I/O: decoding server frames, encoding client ops, payload decoding, the close-code
-table and the reconnect backoff.  The public message types are here too, because they are
-what a decoded frame becomes.
+No I/O: decoding server frames, encoding client ops, payload decoding and the reconnect
+backoff.  What to do after each close code is the gateway's own table
+(:data:`natsgate.errors.CLOSE_INFO`, :func:`natsgate.errors.close_action`).  The public
+message types are here too, because they are what a decoded frame becomes.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import base64
 import enum
 import random
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
 import msgspec
 from msgspec import UNSET, Raw, Struct, UnsetType
@@ -43,33 +44,7 @@ class NatsgateError(Exception):
         self.target = target
 
 
-# --------------------------------------------------------------------------- close codes
-
-
-class CloseAction(enum.Enum):
-    """What the client does after the socket closed with a given code."""
-
-    BACKOFF = "backoff"  # reconnect after a growing, jittered delay
-    PROMPT = "prompt"  # reconnect at once (with a little jitter), backoff reset
-    AUTH = "auth"  # the token is no good: reconnect only with a fresh one
-    STOP = "stop"  # do not reconnect
-
-
-CLOSE_ACTIONS: Final[dict[int, tuple[str, CloseAction]]] = {
-    1000: ("normal closure by the gateway", CloseAction.BACKOFF),
-    1008: ("policy violation", CloseAction.STOP),
-    1009: ("frame too large", CloseAction.BACKOFF),
-    1012: ("gateway restart: reconnect (elsewhere) now", CloseAction.PROMPT),
-    1013: ("backpressure: this client read too slowly", CloseAction.BACKOFF),
-    4001: ("unauthorized: the token expired or was refused", CloseAction.AUTH),
-}
-"""Close codes with a meaning for the client (contract sections 2 and 5); every other code
-(1006 abnormal, 1011 internal, 4002 no pong, ...) means BACKOFF."""
-
-
-def close_action(code: int | None) -> CloseAction:
-    entry = CLOSE_ACTIONS.get(code or 1006)
-    return entry[1] if entry else CloseAction.BACKOFF
+# --------------------------------------------------------------------------- backoff
 
 
 def backoff_delay(

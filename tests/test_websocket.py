@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from nats.aio.client import Client as NATS
 
-from natsgate import edge
+from natsgate import edge, wsconn
 from natsgate import wsframe as wf
 from natsgate.auth import mint_token
-from natsgate.wsconn import WsConnection
+from natsgate.wsconn import PARTIAL_INPUT, WsConnection
 from tests.conftest import SECRET, Gw, unique
 from tests.helpers import T, eventually
 from tests.test_wsframe import client_frame
@@ -81,6 +81,13 @@ class Raw:
 
     def send_env(self, **env: Any) -> None:
         self.send(wf.OP_TEXT, json.dumps(env).encode())
+
+    async def close_code(self) -> int | None:
+        """The code of the server's close frame, skipping what came before it."""
+        while True:
+            op, payload = await self.frame()
+            if op == wf.OP_CLOSE:
+                return wf.parse_close(payload)[0]
 
     async def eof(self) -> bool:
         """True once the server has closed the connection (whatever it sent before)."""
@@ -170,6 +177,10 @@ async def test_what_a_client_sent_before_leaving_still_happens(
         (client_frame(wf.OP_TEXT, b'{"op":"ping"}', rsv=0x40), 1002),
         (client_frame(wf.OP_CONT, b"x"), 1002),
         (client_frame(wf.OP_CLOSE, b"\x03"), 1002),
+        (client_frame(wf.OP_TEXT, b'{"op":"ping","inbox":"\xff"}'), 1007),
+        (client_frame(wf.OP_TEXT, b"\xce\xba", fin=False) + client_frame(0, b"\xed\xa0\x80"), 1007),
+        (client_frame(wf.OP_CLOSE, wf.close_payload(1000) + b"\xff"), 1007),
+        (client_frame(wf.OP_CLOSE, b"\x03\xed"), 1002),  # 1005 may not be sent
     ],
 )
 async def test_protocol_errors_close_with_their_code(gw: Gw, frame: bytes, code: int) -> None:
@@ -316,3 +327,88 @@ async def test_garbage_at_the_websocket_layer_never_hurts_the_gateway(
     c.send_env(op="ping", inbox="after")
     assert await c.envelope() == {"op": "pong", "inbox": "after"}
     c.close()
+
+
+def only_conn(gw: Gw) -> WsConnection:
+    (session,) = gw.gateway.sessions
+    assert isinstance(session.transport, WsConnection)
+    return session.transport
+
+
+async def test_an_unfinished_message_is_closed_after_its_time(
+    gw: Gw, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A message begun must be complete within MESSAGE_TIMEOUT_S: a partial frame is given
+    a timer (none exists while nothing is held), a completed message restarts it for the
+    next one, and pings between fragments do not; then 1013 and the bytes held go back."""
+    monkeypatch.setattr(wsconn, "MESSAGE_TIMEOUT_S", 0.5 * T)  # long enough not to fire here
+    base = PARTIAL_INPUT.used
+    c = await Raw.open(gw)
+    await c.upgrade(unique("u"))
+    await eventually(lambda: len(gw.gateway.sessions) == 1, timeout=T)
+    conn = only_conn(gw)
+    one = client_frame(wf.OP_TEXT, b'{"op":"ping","inbox":"one"}')
+    two = client_frame(wf.OP_TEXT, b'{"op":"ping","inbox":"two"}')
+    c.writer.write(one[:9])
+    await eventually(lambda: conn._deadline is not None, timeout=T)
+    first = conn._deadline
+    assert PARTIAL_INPUT.used == base + 9
+    c.writer.write(one[9:] + two[:5])  # one is done, two has begun: a new clock
+    assert await c.envelope() == {"op": "pong", "inbox": "one"}
+    assert conn._deadline is not None and conn._deadline is not first
+    c.writer.write(two[5:])
+    assert await c.envelope() == {"op": "pong", "inbox": "two"}
+    assert conn._deadline is None and PARTIAL_INPUT.used == base  # nothing held, no timer
+    c.close()
+
+    monkeypatch.setattr(wsconn, "MESSAGE_TIMEOUT_S", 0.3)
+    c = await Raw.open(gw)
+    await c.upgrade(unique("u"))
+    c.send(wf.OP_TEXT, b'{"op":"ping",', fin=False)
+    pongs = 0
+    code = None
+    while code is None:  # a client that pings while it never finishes is still cut off
+        c.send(wf.OP_PING, b"still here")
+        op, payload = await c.frame()
+        if op == wf.OP_CLOSE:
+            code = wf.parse_close(payload)[0]
+        elif op == wf.OP_PONG:
+            pongs += 1
+            await asyncio.sleep(0.05)
+    assert code == 1013 and pongs > 1
+    assert await c.eof()
+    await eventually(lambda: not gw.gateway.sessions and PARTIAL_INPUT.used == base, timeout=T)
+    c.close()
+
+
+async def test_unfinished_input_of_all_connections_is_bounded(
+    gw: Gw, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One budget for the partial input of every connection: the connection whose bytes
+    would take it over the limit is closed with 1013; the others go on unharmed."""
+    monkeypatch.setattr(PARTIAL_INPUT, "limit", PARTIAL_INPUT.used + 300_000)
+    base = PARTIAL_INPUT.used
+    await gw.set_caps("big", {"publish": ["big.>"]})
+
+    def pub(inbox: str) -> bytes:
+        env = {"op": "pub", "target": "big.a", "data": "x" * 200_000, "inbox": inbox}
+        return client_frame(wf.OP_TEXT, json.dumps(env).encode())
+
+    a, b = await Raw.open(gw), await Raw.open(gw)
+    await a.upgrade("big")
+    await b.upgrade("big")
+    fa, fb = pub("a"), pub("b")
+    a.writer.write(fa[:180_000])  # held by a: 180 KB of 300
+    await eventually(lambda: PARTIAL_INPUT.used == base + 180_000, timeout=T)
+    b.writer.write(fb[:180_000])  # b's bytes do not fit
+    assert await b.close_code() == 1013
+    assert await b.eof()
+    await eventually(lambda: PARTIAL_INPUT.used == base + 180_000, timeout=T)
+    a.writer.write(fa[180_000:])
+    assert (await a.envelope())["inbox"] == "a"  # a was never touched
+    assert PARTIAL_INPUT.used == base
+    a.writer.write(fb)  # and the budget is free again: a whole message of 200 KB passes
+    assert (await a.envelope())["inbox"] == "b"
+    a.close()
+    b.close()
+    await eventually(lambda: not gw.gateway.sessions and PARTIAL_INPUT.used == base, timeout=T)

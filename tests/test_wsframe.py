@@ -42,36 +42,105 @@ def test_unmask_is_its_own_inverse_and_matches_the_rfc(data: bytes, mask: bytes)
     assert wf.unmask(expected, mask) == data
 
 
-messages = st.lists(
-    st.tuples(st.sampled_from([wf.OP_TEXT, wf.OP_BINARY]), st.binary(max_size=70_000)),
-    max_size=5,
+# A message: text (valid UTF-8, non-ASCII included) or binary (any bytes).
+message = st.one_of(
+    st.tuples(st.just(wf.OP_TEXT), st.text(max_size=20_000).map(str.encode)),
+    st.tuples(st.just(wf.OP_BINARY), st.binary(max_size=70_000)),
 )
+controls = st.tuples(st.sampled_from([wf.OP_PING, wf.OP_PONG]), st.binary(max_size=125))
 
 
-@given(messages, st.data())
-def test_messages_come_out_whole_however_the_bytes_are_cut(
-    msgs: list[tuple[int, bytes]], data: st.DataObject
-) -> None:
-    stream = b""
-    for op, payload in msgs:
-        # some messages fragmented into up to 4 frames, with a ping in between
-        parts = data.draw(st.integers(1, 4))
-        cut = [len(payload) * i // parts for i in range(parts + 1)]
-        for i in range(parts):
-            stream += client_frame(
-                op if i == 0 else wf.OP_CONT, payload[cut[i] : cut[i + 1]], fin=i == parts - 1
-            )
-            if i == 0 and parts > 1:
-                stream += client_frame(wf.OP_PING, b"p")
-    reader = wf.FrameReader(max_size=1 << 20)
+def fragments(op: int, payload: bytes, cuts: list[int]) -> list[bytes]:
+    """One message as frames cut at ``cuts`` (byte positions: UTF-8 may be split)."""
+    at = [0, *sorted(c % (len(payload) + 1) for c in cuts), len(payload)]
+    parts = [payload[at[i] : at[i + 1]] for i in range(len(at) - 1)]
+    return [
+        client_frame(op if i == 0 else wf.OP_CONT, part, fin=i == len(parts) - 1)
+        for i, part in enumerate(parts)
+    ]
+
+
+def feed_in_pieces(
+    reader: wf.FrameReader, stream: bytes, data: st.DataObject
+) -> list[tuple[int, bytes]]:
     got: list[tuple[int, bytes]] = []
     pos = 0
     while pos < len(stream):
         step = data.draw(st.integers(1, max(1, len(stream) - pos)))
         got += reader.feed(stream[pos : pos + step])
         pos += step
-    assert [m for m in got if m[0] != wf.OP_PING] == msgs
-    assert reader._buf is None and reader._frag is None  # nothing held between messages
+    return got
+
+
+@given(st.lists(st.tuples(message, st.lists(st.integers(0), max_size=3)), max_size=5), st.data())
+def test_any_valid_frame_sequence_round_trips_however_the_bytes_are_cut(
+    msgs: list[tuple[tuple[int, bytes], list[int]]], data: st.DataObject
+) -> None:
+    """Messages in up to 4 fragments, control frames between fragments and between
+    messages, a close at the end (or not), bytes cut anywhere: out come the same
+    messages, control frames in place, and nothing is held afterwards."""
+    stream, expected = b"", []
+    for (op, payload), cuts in msgs:
+        frames = fragments(op, payload, cuts)
+        for i, f in enumerate(frames):
+            stream += f
+            if i < len(frames) - 1 and data.draw(st.booleans()):
+                ctl = data.draw(controls)
+                stream += client_frame(*ctl)
+                expected.append(ctl)
+        expected.append((op, payload))
+    if data.draw(st.booleans()):
+        body = wf.close_payload(1000, data.draw(st.text(max_size=40)))
+        stream += client_frame(wf.OP_CLOSE, body) + client_frame(wf.OP_TEXT, b"late")
+        expected.append((wf.OP_CLOSE, body))
+    reader = wf.FrameReader(max_size=1 << 20)
+    got = feed_in_pieces(reader, stream, data)
+    # a control frame between fragments comes out before the message it interrupted
+    assert sorted(got, key=repr) == sorted(expected, key=repr)
+    assert [m for m in got if m[0] <= wf.OP_BINARY] == [m for m in expected if m[0] <= 2]
+    assert reader.held == 0 and reader._frag is None and reader._utf8 is None
+    assert reader._buf is None or reader._buf is wf._CLOSED  # nothing held between messages
+
+
+@given(st.binary(max_size=60), st.lists(st.integers(0), max_size=4), st.data())
+def test_a_text_message_is_accepted_exactly_when_it_is_utf8(
+    payload: bytes, cuts: list[int], data: st.DataObject
+) -> None:
+    reader = wf.FrameReader(max_size=1000)
+    stream = b"".join(fragments(wf.OP_TEXT, payload, cuts))
+    try:
+        payload.decode()
+    except UnicodeDecodeError:
+        with pytest.raises(wf.FrameError) as info:
+            feed_in_pieces(reader, stream, data)
+        assert info.value.code == 1007
+        assert reader.held == 0  # what was held is dropped with the error
+    else:
+        assert feed_in_pieces(reader, stream, data) == [(wf.OP_TEXT, payload)]
+
+
+def test_utf8_fails_fast_on_the_fragment_that_breaks_it() -> None:
+    """Autobahn 6.4.1: the second fragment holds 0xF4 0x90 (beyond U+10FFFF); the error
+    comes with that fragment, before the third is sent."""
+    reader = wf.FrameReader(max_size=1000)
+    assert reader.feed(client_frame(wf.OP_TEXT, "κόσμε".encode(), fin=False)) == []
+    with pytest.raises(wf.FrameError) as info:
+        reader.feed(client_frame(wf.OP_CONT, b"\xf4\x90\x80\x80", fin=False))
+    assert info.value.code == 1007
+    # a sequence cut at a fragment boundary is fine, and binary is never checked
+    reader = wf.FrameReader(max_size=1000)
+    euro = "€".encode()
+    stream = client_frame(wf.OP_TEXT, euro[:1], fin=False) + client_frame(wf.OP_CONT, euro[1:])
+    assert reader.feed(stream + client_frame(wf.OP_BINARY, b"\xff")) == [
+        (wf.OP_TEXT, euro),
+        (wf.OP_BINARY, b"\xff"),
+    ]
+    # a message that ends inside a sequence is not UTF-8
+    with pytest.raises(wf.FrameError) as info:
+        wf.FrameReader(max_size=1000).feed(
+            client_frame(wf.OP_TEXT, b"a", fin=False) + client_frame(wf.OP_CONT, euro[:2])
+        )
+    assert info.value.code == 1007
 
 
 @given(st.binary(max_size=2000))
@@ -81,8 +150,70 @@ def test_any_bytes_give_messages_or_a_frame_error(junk: bytes) -> None:
         for op, payload in reader.feed(junk):
             assert op in (wf.OP_TEXT, wf.OP_BINARY, wf.OP_CLOSE, wf.OP_PING, wf.OP_PONG)
             assert len(payload) <= 1000
+            if op == wf.OP_TEXT:
+                payload.decode()
     except wf.FrameError as exc:
-        assert exc.code in (wf.PROTOCOL_ERROR, wf.TOO_BIG)
+        assert exc.code in (wf.PROTOCOL_ERROR, wf.INVALID_DATA, wf.TOO_BIG)
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(max_size=40),
+            st.tuples(
+                st.sampled_from([0, 1, 2, 8, 9, 10]), st.binary(max_size=600), st.booleans()
+            ).map(lambda f: client_frame(f[0], f[1], fin=f[2])),
+        ),
+        max_size=8,
+    ),
+    st.data(),
+)
+def test_frames_and_junk_in_any_reads_raise_nothing_but_frame_error(
+    parts: list[bytes], data: st.DataObject
+) -> None:
+    """Real frames (any opcode, fin or not) mixed with junk, cut into random reads: the
+    reader emits, holds or refuses, and holds nothing once it refused."""
+    reader = wf.FrameReader(max_size=500)
+    stream = b"".join(parts)
+    try:
+        for op, payload in feed_in_pieces(reader, stream, data):
+            assert op in (wf.OP_TEXT, wf.OP_BINARY, wf.OP_CLOSE, wf.OP_PING, wf.OP_PONG)
+            assert len(payload) <= 500
+    except wf.FrameError as exc:
+        assert exc.code in (wf.PROTOCOL_ERROR, wf.INVALID_DATA, wf.TOO_BIG)
+        assert reader.held == 0
+    else:
+        assert reader.held <= len(stream)
+
+
+def test_a_frame_trickled_in_byte_by_byte_is_appended_to_one_buffer() -> None:
+    """1 MiB in 1-byte reads: every read is appended to the same bytearray (amortized
+    linear), where the old reader built a new ``bytes`` of everything held on each read
+    (quadratic: 1 MiB of reads cost 512 GiB of copying)."""
+    payload = os.urandom(1 << 20)
+    raw = client_frame(wf.OP_BINARY, payload)
+    reader = wf.FrameReader(max_size=1 << 20)
+    assert reader.feed(raw[:1]) == []
+    held = reader._buf
+    assert isinstance(held, bytearray)
+    for i in range(1, len(raw) - 1):
+        assert reader.feed(raw[i : i + 1]) == []
+        assert reader._buf is held  # the same object: nothing re-copied
+    assert reader.held == len(raw) - 1
+    assert reader.feed(raw[-1:]) == [(wf.OP_BINARY, payload)]
+    assert reader._buf is None and reader.held == 0
+
+
+def test_what_follows_a_whole_frame_in_a_buffer_is_kept_alone() -> None:
+    """After a big frame completes, the next frame's first bytes do not keep the big
+    buffer's allocation: only the leftover is held."""
+    big = client_frame(wf.OP_BINARY, b"x" * 100_000)
+    nxt = client_frame(wf.OP_TEXT, b"next")
+    reader = wf.FrameReader(max_size=1 << 20)
+    reader.feed(big[:10])
+    assert reader.feed(big[10:] + nxt[:3]) == [(wf.OP_BINARY, b"x" * 100_000)]
+    assert reader.held == 3
+    assert reader.feed(nxt[3:]) == [(wf.OP_TEXT, b"next")]
 
 
 @pytest.mark.parametrize(
@@ -97,6 +228,10 @@ def test_any_bytes_give_messages_or_a_frame_error(junk: bytes) -> None:
         (client_frame(wf.OP_TEXT, b"a", fin=False) + client_frame(wf.OP_TEXT, b"b"), 1002),
         (client_frame(wf.OP_TEXT, b"x" * 101), 1009),
         (client_frame(wf.OP_TEXT, b"x" * 60, fin=False) + client_frame(0, b"y" * 41), 1009),
+        (client_frame(wf.OP_TEXT, b"\xff"), 1007),  # not UTF-8
+        (client_frame(wf.OP_TEXT, b"\xed\xa0\x80"), 1007),  # a surrogate (U+D800)
+        (client_frame(wf.OP_TEXT, b"\xc0\xaf"), 1007),  # an over-long encoding
+        (client_frame(wf.OP_TEXT, b"\xe2\x82", fin=False) + client_frame(0, b"a"), 1007),
     ],
 )
 def test_protocol_errors_name_their_close_code(raw: bytes, code: int) -> None:
@@ -122,9 +257,21 @@ def test_an_over_long_frame_is_refused_from_its_header_alone() -> None:
 def test_nothing_after_a_close_frame_counts() -> None:
     reader = wf.FrameReader(max_size=100)
     out = reader.feed(
-        client_frame(wf.OP_CLOSE, wf.close_payload(1000)) + client_frame(wf.OP_TEXT, b"late")
+        client_frame(wf.OP_TEXT, b"a", fin=False)
+        + client_frame(wf.OP_CLOSE, wf.close_payload(1000))
+        + client_frame(wf.OP_TEXT, b"late")
     )
     assert out == [(wf.OP_CLOSE, b"\x03\xe8")]
+    assert reader.held == 0  # the unfinished message is dropped too
+    assert reader.feed(client_frame(wf.OP_TEXT, b"later")) == []  # in a later read as well
+
+
+def test_nothing_after_an_error_counts() -> None:
+    reader = wf.FrameReader(max_size=100)
+    with pytest.raises(wf.FrameError):
+        reader.feed(client_frame(wf.OP_TEXT, b"x", fin=False) + client_frame(0x3, b"bad"))
+    assert reader.held == 0
+    assert reader.feed(client_frame(wf.OP_TEXT, b"after")) == []
 
 
 @pytest.mark.parametrize(

@@ -3,14 +3,20 @@
 It reads in protocol callbacks (no task and no buffer per connection while idle) and
 writes frames straight to the socket, so the flusher writes to every ready connection
 in one synchronous pass.
+
+Unfinished input is bounded twice: a message in progress (a partial frame, or fragments
+of a message) must be complete within ``MESSAGE_TIMEOUT_S``, by a timer that exists only
+while something is held; and the bytes held for all connections of the process together
+stay within one :class:`InputBudget`. Both close with 1013 (try again later).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
+from .errors import CloseCode
 from .wsframe import (
     OP_BINARY,
     OP_CLOSE,
@@ -31,10 +37,50 @@ if TYPE_CHECKING:
 log = logging.getLogger("natsgate.ws")
 
 ABORT_AFTER_S = 1.0  # a peer that will not take our close frame is cut off after this
+MESSAGE_TIMEOUT_S = 30.0  # a message begun must be complete by then (else 1013)
+PARTIAL_INPUT_BYTES = 256 << 20  # unfinished input of all connections together (else 1013)
+
+
+class InputBudget:
+    """The bytes of unfinished client messages that all connections of the process hold
+    together (contract: partial input is bounded in bytes). One per process: otherwise
+    10,000 connections, each 1 byte short of a MAX_FRAME_BYTES message, hold 10 GiB.
+
+    A read that would take the total over ``limit`` closes its connection; the overshoot
+    is at most that one read (asyncio reads at most 256 KiB at a time)."""
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, n: int) -> bool:
+        if self.used + n > self.limit:
+            return False
+        self.used += n
+        return True
+
+    def give(self, n: int) -> None:
+        self.used -= n
+
+
+PARTIAL_INPUT = InputBudget(PARTIAL_INPUT_BYTES)
 
 
 class WsConnection(asyncio.Protocol):
-    __slots__ = ("_close_sent", "_closed", "_drain", "_paused", "_reader", "_transport", "session")
+    __slots__ = (
+        "_close_sent",
+        "_closed",
+        "_deadline",
+        "_drain",
+        "_paused",
+        "_reader",
+        "_transport",
+        "session",
+    )
+
+    budget: ClassVar[InputBudget] = PARTIAL_INPUT
 
     def __init__(self, transport: asyncio.Transport, max_frame_bytes: int) -> None:
         self._transport = transport
@@ -43,29 +89,71 @@ class WsConnection(asyncio.Protocol):
         self._close_sent = False
         self._drain: asyncio.Future[None] | None = None  # made when someone waits
         self._closed: asyncio.Future[None] | None = None
+        self._deadline: asyncio.TimerHandle | None = None  # only while a message is unfinished
         self.session: Session | None = None
 
     # ------------------------------------------------------------------ asyncio.Protocol
 
     def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        before = reader.held
         error: FrameError | None = None
         try:
-            messages = self._reader.feed(data)
+            messages = reader.feed(data)
         except FrameError as exc:
             error, messages = exc, exc.before
+        held = reader.held
+        if held != before:
+            grown = held - before
+            if grown < 0:
+                self.budget.give(-grown)
+            elif not self.budget.take(grown):
+                reader.discard()
+                self.budget.give(before)
+                held = 0
+                error = FrameError(
+                    CloseCode.TRY_AGAIN_LATER, "too much unfinished input on the gateway"
+                )
+        if held:
+            # a clock per message: restarted when a data message completed in this read
+            if self._deadline is None or any(op <= OP_BINARY for op, _ in messages):
+                self._arm_deadline()
+        elif self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
         self._dispatch(messages)
         if error is not None:
             user = self.session.user if self.session else "?"
             log.info("closing %s: %s (%d)", user, error.reason, error.code)
             self._shut(error.code, error.reason)
 
+    def _arm_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.call_later(MESSAGE_TIMEOUT_S, self._unfinished)
+
+    def _unfinished(self) -> None:
+        self._deadline = None
+        t = self._transport
+        if t.is_closing() or not self._reader.held:
+            return
+        if not t.is_reading():  # we paused it (the session is behind): not the peer's fault
+            self._arm_deadline()
+            return
+        user = self.session.user if self.session else "?"
+        log.info("closing %s: message not finished within %.0f s", user, MESSAGE_TIMEOUT_S)
+        self._shut(
+            CloseCode.TRY_AGAIN_LATER, f"message not finished within {MESSAGE_TIMEOUT_S:.0f} s"
+        )
+
     def _dispatch(self, messages: list[tuple[int, bytes]]) -> None:
         session = self.session
         if session is None:
             return
         for op, payload in messages:
-            if op in (OP_TEXT, OP_BINARY):
-                if not session.receive(payload):
+            if op <= OP_BINARY:  # text or binary (the reader never yields a continuation)
+                if not self.deliver(op, payload):
                     self.pause_reading()  # the session resumes it when caught up
             elif op == OP_PING:
                 session.seen()
@@ -89,7 +177,15 @@ class WsConnection(asyncio.Protocol):
         self._transport.close()
         self._wake_closed()
 
+    def deliver(self, op: int, payload: bytes) -> bool:
+        """One whole text or binary message; False: pause reading. The session reads
+        both kinds alike (``protocol.md``); a subclass may tell them apart (the Autobahn
+        echo in ``tests/autobahn``)."""
+        assert self.session is not None
+        return self.session.receive(payload)
+
     def connection_lost(self, exc: Exception | None) -> None:
+        self._drop_input()
         d, self._drain = self._drain, None
         if d is not None and not d.done():
             d.set_exception(ConnectionResetError("the socket closed"))
@@ -114,6 +210,14 @@ class WsConnection(asyncio.Protocol):
         if self._close_sent or t.is_closing():
             raise ConnectionResetError("the socket is closed")
         t.write(header(OP_TEXT, len(frame)) + frame)
+        return not self._paused
+
+    def write_message(self, opcode: int, payload: bytes) -> bool:
+        """One message of any opcode (``write`` is the session's: text only, and hot)."""
+        t = self._transport
+        if self._close_sent or t.is_closing():
+            raise ConnectionResetError("the socket is closed")
+        t.write(header(opcode, len(payload)) + payload)
         return not self._paused
 
     async def drained(self) -> None:
@@ -166,8 +270,18 @@ class WsConnection(asyncio.Protocol):
         if c is not None and not c.done():
             c.set_result(None)
 
+    def _drop_input(self) -> None:
+        """The connection ends: what it held of unfinished messages goes back."""
+        reader = self._reader
+        self.budget.give(reader.held)
+        reader.discard()
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
     def _shut(self, code: int, reason: str) -> None:
         """A protocol error: say why in a close frame and close without waiting."""
+        self._drop_input()
         t = self._transport
         if t.is_closing():
             return

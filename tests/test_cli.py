@@ -57,6 +57,7 @@ def run(
         ({"NATS_URL": "http://x:1"}, "NATS_URL has an invalid URL"),
         ({"NATS_CREDS": "/no/such/file.creds"}, "NATS_CREDS names a file that does not exist"),
         ({"NATS_JWT": "abc"}, "NATS_JWT and NATS_NKEY must be given together"),
+        ({"NATS_USER": "u"}, "NATS_USER and NATS_PASSWORD must be given together"),
         ({"ALLOWED_ORIGINS": "not-an-origin"}, "ALLOWED_ORIGINS has an invalid origin"),
         ({"AUTH_BUCKET": "auth.users"}, "AUTH_BUCKET must be a KV bucket name"),
         ({"COOKIE_SECURE": "maybe"}, "COOKIE_SECURE must be 1 or 0"),

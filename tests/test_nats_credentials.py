@@ -1,5 +1,6 @@
 """The gateway's own NATS credentials (contract §6): NATS_CREDS, or NATS_JWT + NATS_NKEY,
-against a real nats-server in operator mode that refuses anyone without them."""
+against a real nats-server in operator mode that refuses anyone without them; and
+NATS_USER + NATS_PASSWORD, the embedded server's one user (contract §7)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 
-from natsgate.config import Config
-from natsgate.natsrunner import NatsServer
+from natsgate.config import Config, Flags, load
+from natsgate.natsrunner import Credentials, NatsServer
 
 from . import natsauth
-from .conftest import connect, unique
+from .conftest import SECRET, connect, unique
 from .helpers import start_gateway
 
 
@@ -104,3 +105,41 @@ def test_user_commands_use_the_credentials(
     )
     assert ok.returncode == 0, ok.stderr
     assert "user dave added" in ok.stdout
+
+
+async def test_user_and_password(config: Config, tmp_path: Path) -> None:
+    """NATS_USER + NATS_PASSWORD, against a server that accepts only that user (what
+    ``serve --local`` runs), and kept out of the config's repr."""
+    creds = Credentials.generate()
+    server = NatsServer(store_dir=tmp_path / "js", credentials=creds).start()
+    try:
+        with pytest.raises(nats.errors.Error):
+            await nats.connect(server.url, allow_reconnect=False, max_reconnect_attempts=0)
+        cfg = load(
+            Flags(),
+            {
+                "JWT_SECRET": SECRET,
+                "NATS_URL": server.url,
+                "NATS_USER": creds.user,
+                "NATS_PASSWORD": creds.password,
+            },
+        )
+        assert creds.password not in repr(cfg) and creds.password not in repr(creds)
+        cfg = dataclasses.replace(
+            config, nats_urls=cfg.nats_urls, nats_user=cfg.nats_user, nats_password=creds.password
+        )
+        gw = await start_gateway(cfg)
+        nc: NATS = await nats.connect(server.url, user=creds.user, password=creds.password)
+        try:
+            user, p = unique("u"), unique("s")
+            await gw.set_caps(user, {"subjects": [f"{p}.>"]})
+            c = await connect(gw, user)
+            await c.ok("sub", f"{p}.a")
+            await nc.publish(f"{p}.a", b'"with a password"')
+            assert (await c.expect(op="msg"))["data"] == "with a password"
+            await c.close()
+        finally:
+            await nc.close()
+            await gw.stop()
+    finally:
+        server.stop()

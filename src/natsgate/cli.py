@@ -23,7 +23,15 @@ from dotenv import load_dotenv
 from .auth import USER_ID_RE, Passwords, mint_token
 from .capabilities import Capabilities
 from .config import DEFAULT_PROXY, Config, ConfigError, Flags, load
-from .natsrunner import NatsServer, NatsServerError
+from .natsrunner import (
+    ENV_FILE,
+    Credentials,
+    NatsServer,
+    NatsServerError,
+    read_env_file,
+    remove_env_file,
+    write_env_file,
+)
 
 log = logging.getLogger("natsgate")
 
@@ -107,7 +115,12 @@ async def _serve(cfg: Config, *, demo_password: str | None = None, reuse_port: b
             )
             import nats
 
-            services = Services(await nats.connect(cfg.nats_urls[0], name="natsgate-demo-services"))
+            from .upstream import credentials
+
+            nc = await nats.connect(
+                list(cfg.nats_urls), name="natsgate-demo-services", **credentials(cfg)
+            )
+            services = Services(nc)
             await services.start()
         except Exception as exc:
             log.error("demo set-up failed: %r", exc)
@@ -153,6 +166,14 @@ def _workers(cfg: Config, argv: list[str]) -> int:
         NATSGATE_REUSE_PORT="1",
         WORKERS="1",
     )
+    if cfg.local and cfg.nats_user:  # the embedded server's one user; no other (not .env's)
+        env.update(
+            NATS_USER=cfg.nats_user,
+            NATS_PASSWORD=cfg.nats_password,
+            NATS_CREDS="",
+            NATS_JWT="",
+            NATS_NKEY="",
+        )
     args = [a for a in argv if a != "--local"]
     # drop "--workers N" / "--workers=N"; the children are single processes
     clean: list[str] = []
@@ -202,15 +223,39 @@ def cmd_serve(args: argparse.Namespace, argv: list[str], *, demo: bool) -> int:
         return _fail(str(exc))
     _setup_logging(cfg.log_level)
     nats_server: NatsServer | None = None
+    creds = Credentials.generate()
+    env_file = cfg.data_dir.resolve() / ENV_FILE
     if cfg.local:
+        # contract §7: the embedded server accepts only the user made here, so no other
+        # local process can rewrite the auth buckets; the operator's tools read env_file
         store = cfg.data_dir.resolve() / "jetstream"
         port = 4222 if _port_free("127.0.0.1", 4222) else -1
         try:
-            nats_server = NatsServer(store_dir=store, port=port).start()
+            nats_server = NatsServer(store_dir=store, port=port, credentials=creds).start()
         except NatsServerError as exc:
             return _fail(str(exc), 1)
-        log.info("embedded nats-server at %s (JetStream data in %s)", nats_server.url, store)
-        cfg = dataclasses.replace(cfg, nats_urls=(nats_server.url,))
+        try:
+            write_env_file(env_file, nats_server.url, creds)
+        except OSError as exc:
+            nats_server.stop()
+            return _fail(f"cannot write {env_file}: {exc.strerror or exc}", 1)
+        log.info(
+            "embedded nats-server at %s (JetStream data in %s); it accepts only the user "
+            "in %s (readable by you only; for the nats CLI: set -a; . %s; set +a)",
+            nats_server.url,
+            store,
+            env_file,
+            env_file,
+        )
+        cfg = dataclasses.replace(
+            cfg,
+            nats_urls=(nats_server.url,),
+            nats_creds=None,
+            nats_jwt=None,
+            nats_nkey=None,
+            nats_user=creds.user,
+            nats_password=creds.password,
+        )
     if cfg.jwt_secret_ephemeral:
         log.warning(
             "JWT_SECRET is not set: using an ephemeral secret (tokens end with this process)"
@@ -230,26 +275,46 @@ def cmd_serve(args: argparse.Namespace, argv: list[str], *, demo: bool) -> int:
     finally:
         if nats_server is not None:
             nats_server.stop()
+            remove_env_file(env_file, creds)
 
 
 # ------------------------------------------------------------------ user / token
 
 
-async def _with_nats(action: object) -> int:
+def _nats_env(data_dir: Path) -> tuple[dict[str, str], str]:
+    """The environment the user commands load their config from, and the NATS server it
+    names, for their output. Without ``NATS_URL``, the file an embedded server of
+    ``serve --local`` wrote under the same ``--data-dir`` (its URL and its one user)."""
+    env = dict(os.environ)
+    path = data_dir / ENV_FILE
+    if not env.get("NATS_URL") and path.is_file():
+        for name in ("NATS_CREDS", "NATS_JWT", "NATS_NKEY"):
+            env.pop(name, None)  # the file's user, not these
+        try:
+            env.update(read_env_file(path))
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+        return env, f"the embedded nats-server at {env.get('NATS_URL')} (credentials in {path})"
+    url = env.get("NATS_URL") or Config().nats_url
+    return env, "NATS at " + re.sub(r"//[^@/,]*@", "//", url)  # no password in the output
+
+
+async def _with_nats(action: object, data_dir: Path) -> int:
     from .metrics import Metrics
     from .upstream import Upstream
 
     try:
-        cfg = load(Flags(local=True))  # no JWT_SECRET needed to manage users
+        env, where = _nats_env(data_dir)
+        cfg = load(Flags(local=True), env)  # no JWT_SECRET needed to manage users
     except ConfigError as exc:
         return _fail(str(exc))
     up = Upstream(cfg, Metrics())
     try:
-        await up.connect_once()  # with NATS_CREDS or NATS_JWT + NATS_NKEY, like serve
+        await up.connect_once()  # with NATS_CREDS, NATS_JWT + NATS_NKEY or a user, like serve
     except Exception as exc:
-        return _fail(f"cannot connect to NATS at {cfg.nats_url}: {exc}", 1)
+        return _fail(f"cannot connect to {where}: {exc}", 1)
     try:
-        return await action(up, cfg)  # type: ignore[operator, no-any-return]
+        return await action(up, cfg, where)  # type: ignore[operator, no-any-return]
     finally:
         await up.nc.close()
 
@@ -284,18 +349,18 @@ def cmd_user(args: argparse.Namespace) -> int:
         if not password:
             return _fail("give the password on standard input")
 
-    async def act(up: object, cfg: Config) -> int:
+    async def act(up: object, cfg: Config, where: str) -> int:
         if args.action == "add":
             creds = await ensure_bucket(up, cfg.auth_creds_bucket)  # type: ignore[arg-type]
             await creds.put(args.id, Passwords(cfg.web_hash_salt).hash(password).encode())
-            print(f"user {args.id} added")
+            print(f"user {args.id} added on {where}")
         if caps is not None:
             kv = await ensure_bucket(up, cfg.auth_bucket)  # type: ignore[arg-type]
             await kv.put(args.id, caps)
-            print(f"capabilities of {args.id} set")
+            print(f"capabilities of {args.id} set on {where}")
         return 0
 
-    return asyncio.run(_with_nats(act))
+    return asyncio.run(_with_nats(act, Path(args.data_dir)))
 
 
 _TTL = re.compile(r"^(\d+)([smhd]?)$")
@@ -356,6 +421,13 @@ def _parser() -> argparse.ArgumentParser:
     caps = u.add_parser("caps", help="set a user's capabilities")
     caps.add_argument("id")
     caps.add_argument("caps", metavar="FILE")
+    for p in (add, caps):
+        p.add_argument(
+            "--data-dir",
+            default=str(Config().data_dir),
+            help="without NATS_URL, use the embedded server of serve --local with this "
+            f"--data-dir (its {ENV_FILE}; default ./data)",
+        )
     t = sub.add_parser("token", help="print a JWT for a user")
     t.add_argument("id")
     t.add_argument("--ttl", default="1h")

@@ -3,11 +3,13 @@ an ``error``, the connection stays up, and nothing leaks once it closes."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
 from typing import Any
 
+import aiohttp
 import pytest
 from nats.aio.client import Client as NATS
 from nats.js.api import StreamConfig
@@ -16,6 +18,7 @@ from natsgate import protocol as p
 from natsgate.errors import ProtocolError
 
 from .conftest import connect, unique
+from .fuzz.properties import expect_payload, loads_frame
 from .helpers import Gw, T, consumers, eventually, nats_subscriptions
 
 FRAMES = int(os.environ.get("NATSGATE_FUZZ_FRAMES", "100000"))
@@ -158,3 +161,67 @@ async def test_fuzzed_frames_are_each_answered(
         raise
     errors = [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
     assert not errors, [r.getMessage() for r in errors[:5]]
+
+
+def random_payload(rng: random.Random) -> bytes:
+    """Bytes a NATS publisher might send: JSON (some with newlines), text, JSON strings
+    with bytes that are not UTF-8 inside (msgspec's JSON check takes them), noise."""
+    kind = rng.randrange(5)
+    if kind == 0:
+        value = rng.choice([*JUNK, {"a": [1, "é\n"]}, "x\ny"])
+        return json.dumps(value, indent=rng.choice([None, 1])).encode()
+    if kind == 1:
+        return "".join(rng.choice('aé€😀 \n\t"\\{') for _ in range(rng.randrange(12))).encode()
+    if kind == 2:
+        inside = rng.randbytes(rng.randrange(1, 12)).replace(b'"', b"").replace(b"\\", b"")
+        return b'"' + inside + b'"'
+    return rng.randbytes(rng.randrange(40))
+
+
+PAYLOADS = int(os.environ.get("NATSGATE_FUZZ_PAYLOADS", "300"))
+
+
+async def test_any_nats_payload_reaches_the_client_as_utf8_json(gw: Gw, nc: NATS) -> None:
+    """Contract section 7: whatever a NATS publisher sends, on a core subject, into a KV
+    bucket or a stream, every frame the client gets is one line of valid UTF-8 JSON, each
+    payload follows the rules of section 3, and no message is skipped for its content."""
+    rng = random.Random(20261126)
+    payloads = [random_payload(rng) for _ in range(PAYLOADS)]
+    subj, stream, bucket = unique("fzp"), unique("FZP"), unique("fzp")
+    js = nc.jetstream()
+    await js.add_stream(StreamConfig(name=stream, subjects=[f"{subj}_js.*"]))
+    kv = await js.create_key_value(bucket=bucket)
+    user = unique("u")
+    await gw.set_caps(
+        user,
+        {"subjects": [f"{subj}.>"], "buckets": {bucket: [">"]}, "streams": {stream: [">"]}},
+    )
+    c = await connect(gw, user)
+    await c.ok("sub", f"{subj}.>")
+    await c.ok("kv_sub", bucket)
+    await c.ok("js_sub", stream)
+    assert not c.inbox, c.inbox
+    for i, raw in enumerate(payloads):
+        await nc.publish(f"{subj}.{i}", raw)
+        await kv.put(f"k{i}", raw)
+        await js.publish(f"{subj}_js.{i}", raw)
+    got: dict[str, dict[int, tuple[Any, Any]]] = {"core": {}, "kv": {}, "js": {}}
+    while sum(map(len, got.values())) < 3 * PAYLOADS:
+        frame = await asyncio.wait_for(c.ws.receive(), 5 * T)
+        assert frame.type is aiohttp.WSMsgType.TEXT, frame
+        for line in frame.data.encode().split(b"\n"):
+            env = loads_frame(line)
+            assert env["op"] == "msg", env
+            data = env["data"]
+            if env["target"] == f"kv:{bucket}":
+                got["kv"][int(data["key"][1:])] = (data["value"], data.get("enc"))
+            elif env["target"] == f"js:{stream}":
+                i = int(data["subject"].rsplit(".", 1)[1])
+                got["js"][i] = (data["payload"], data.get("enc"))
+            else:
+                got["core"][int(env["target"].rsplit(".", 1)[1])] = (data, env.get("enc"))
+    for kind, received in got.items():
+        assert sorted(received) == list(range(PAYLOADS)), kind
+        for i, (value, enc) in received.items():
+            expect_payload(payloads[i], value, enc)
+    await c.close()

@@ -1,5 +1,7 @@
-"""Coverage-guided fuzzing of the envelope decoder with atheris (libFuzzer), in a child
-process so libFuzzer's exit does not end the test run."""
+"""Fuzzing the envelope decoder and what the gateway would send back (the properties are
+in ``tests/fuzz/properties.py``): coverage-guided with atheris (libFuzzer), in a child
+process so libFuzzer's exit does not end the test run, and a quick hypothesis pass over
+random and damaged frames in every run."""
 
 from __future__ import annotations
 
@@ -9,10 +11,29 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from .fuzz.envelope_target import SEEDS
+from .fuzz.properties import SEEDS, check_frame
 
 RUNS = int(os.environ.get("NATSGATE_ATHERIS_RUNS", "100000"))
+
+
+@st.composite
+def damaged_seeds(draw: st.DrawFn) -> bytes:
+    """A seed with a few bytes replaced, inserted or cut: mostly still JSON-shaped."""
+    frame = bytearray(draw(st.sampled_from(SEEDS)))
+    for _ in range(draw(st.integers(1, 4))):
+        i = draw(st.integers(0, len(frame)))
+        cut = draw(st.integers(0, 2))
+        frame[i : i + cut] = draw(st.binary(max_size=3))
+    return bytes(frame)
+
+
+@given(st.one_of(st.binary(max_size=200), damaged_seeds(), st.sampled_from(SEEDS)))
+@settings(max_examples=300)
+def test_decoded_frames_and_replies_are_utf8_json(frame: bytes) -> None:
+    check_frame(frame)
 
 
 @pytest.mark.slow

@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 from natsgate import protocol as p
 from natsgate.errors import ErrorCode, ProtocolError
 
+from .fuzz.properties import check_payload
+
 
 def one(frame: str | bytes) -> p.ClientOp | ProtocolError:
     items = list(p.decode_frame(frame))
@@ -210,3 +212,29 @@ def test_decoder_never_raises(frame: bytes | str) -> None:
         assert isinstance(item, (ProtocolError, *p.ClientOp.__args__))  # type: ignore[attr-defined]
         if isinstance(item, ProtocolError):
             assert item.message and "Traceback" not in item.message
+
+
+def _quoted(raw: bytes) -> bytes:
+    """A JSON string around arbitrary bytes: msgspec's ``Raw`` takes it even when the
+    bytes inside are not UTF-8."""
+    return b'"' + raw.replace(b"\\", b"").replace(b'"', b"") + b'"'
+
+
+PAYLOADS = st.one_of(
+    st.binary(max_size=64),
+    st.binary(max_size=32).map(_quoted),
+    st.text(max_size=32).map(str.encode),
+    JSONISH.map(lambda v: json.dumps(v).encode()),
+    JSONISH.map(lambda v: json.dumps(v, indent=1, ensure_ascii=False).encode()),
+    st.sampled_from([b"", b" ", b"\n", b"NaN", b"1e400", b"-0", b"\xef\xbb\xbf1", b"\xed\xa0\x80"]),
+)
+
+
+@given(raw=PAYLOADS, subject=st.sampled_from(["a.b", "chat.ümlaut", "x"]))
+@settings(max_examples=500)
+def test_every_payload_goes_out_as_one_line_of_utf8_json(raw: bytes, subject: str) -> None:
+    """Contract sections 3 and 7: whatever bytes a NATS publisher sent, ``msg`` (core, KV,
+    JetStream) and the ``cmd`` reply are valid UTF-8 JSON without a raw newline; the
+    payload is its JSON value, else its UTF-8 text as a string, else base64 with
+    ``"enc": "base64"`` (``b'"\\xff"'`` passes msgspec's JSON check, yet is base64)."""
+    check_payload(raw, subject)

@@ -302,7 +302,15 @@ B64 = "base64"
 def payload(raw: bytes) -> tuple[Raw, str | None]:
     """A NATS payload as a JSON value: JSON as itself, UTF-8 text as a string, other bytes
     as base64 (then the second item is ``"base64"``). Never contains a newline, so frames
-    can be newline-joined."""
+    can be newline-joined, and always valid UTF-8: msgspec's ``Raw`` passes a JSON string
+    with invalid UTF-8 inside unchecked, and a browser fails the whole WebSocket (1007) on
+    one such frame, so bytes are checked here, once per message (``isascii`` is the fast
+    path for most payloads)."""
+    if not raw.isascii():
+        try:
+            raw.decode()
+        except UnicodeDecodeError:
+            return Raw(_encoder.encode(base64.b64encode(raw).decode())), B64
     if raw:
         try:
             value = msgspec.json.decode(raw, type=Raw)
@@ -312,17 +320,7 @@ def payload(raw: bytes) -> tuple[Raw, str | None]:
             if b"\n" in raw or b"\r" in raw:  # JSON whitespace: keep frames one line
                 return Raw(_encoder.encode(msgspec.json.decode(value))), None
             return value, None
-    try:
-        text = raw.decode()
-    except UnicodeDecodeError:
-        return Raw(_encoder.encode(base64.b64encode(raw).decode())), B64
-    return Raw(_encoder.encode(text)), None
-
-
-def payload_value(raw: bytes) -> tuple[Any, str | None]:
-    """Like :func:`payload` but as a Python value, for frames nested inside ``data``."""
-    value, enc = payload(raw)
-    return msgspec.json.decode(value), enc
+    return Raw(_encoder.encode(raw.decode())), None
 
 
 def encode_msg(
@@ -347,7 +345,7 @@ def encode_kv(
     names the watched key pattern, so overlapping watches can be told apart."""
     body: dict[str, Any] = {"key": key, "revision": revision, "op": kv_op}
     if kv_op == "PUT" and value is not None:
-        body["value"], enc = payload_value(value)
+        body["value"], enc = payload(value)  # Raw: embedded as it is
         if enc:
             body["enc"] = enc
     else:
@@ -377,7 +375,7 @@ def encode_js(
 ) -> bytes:
     """A JetStream ``msg``; ``sub`` is the subscription's filter, when it has one."""
     body: dict[str, Any] = {"seq": seq, "subject": subject}
-    body["payload"], enc = payload_value(raw)
+    body["payload"], enc = payload(raw)
     if enc:
         body["enc"] = enc
     body["time"] = time

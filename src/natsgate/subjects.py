@@ -13,8 +13,13 @@ replies or the JetStream/KV API.
 
 from __future__ import annotations
 
+import re
+
 MAX_SUBJECT_LENGTH = 1024
-_FORBIDDEN = frozenset(" \t\r\n\f\v\x00")
+# Whitespace (Unicode's too), C0 and C1 control characters and DEL: NATS splits protocol
+# lines on whitespace, and a control character in a subject reaches every log and UI that
+# shows it (contract section 7).
+_FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
 
 
 class InvalidSubject(ValueError):
@@ -35,8 +40,8 @@ def validate(subject: str, *, wildcards: bool) -> list[str]:
         raise InvalidSubject("subject is empty")
     if len(subject) > MAX_SUBJECT_LENGTH:
         raise InvalidSubject(f"subject is longer than {MAX_SUBJECT_LENGTH} characters")
-    if not _FORBIDDEN.isdisjoint(subject):
-        raise InvalidSubject("subject contains whitespace or NUL")
+    if _FORBIDDEN.search(subject):
+        raise InvalidSubject("subject contains whitespace or a control character")
     tokens = subject.split(".")
     last = len(tokens) - 1
     for i, token in enumerate(tokens):

@@ -1,0 +1,1 @@
+"""The Autobahn TestSuite against natsgate's own WebSocket layer (see ``echo``)."""

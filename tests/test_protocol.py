@@ -120,8 +120,10 @@ def test_versions() -> None:
 
 def test_payload_rules() -> None:
     assert p.payload(b'{"a": 1}') == (msgspec.Raw(b'{"a": 1}'), None)
-    raw, enc = p.payload(b'{"a":\n1}')
-    assert bytes(raw) == b'{"a":1}' and enc is None
+    raw, enc = p.payload(b'{"a":\r\n1, "b": "x\\ny"}')  # whitespace newlines go, escapes stay
+    assert bytes(raw) == b'{"a":  1, "b": "x\\ny"}' and enc is None
+    raw, enc = p.payload(b"1e400\n")  # not a float: passed on as the JSON text it is
+    assert bytes(raw) == b"1e400 " and enc is None
     raw, enc = p.payload("héllo".encode())
     assert json.loads(bytes(raw)) == "héllo" and enc is None
     raw, enc = p.payload(b"\xff")

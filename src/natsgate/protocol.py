@@ -151,12 +151,21 @@ def decode_frame(frame: bytes | str) -> Iterator[ClientOp | ProtocolError]:
     """Each newline-separated envelope of ``frame``, validated, in order (contract §1)."""
     if isinstance(frame, str):
         frame = frame.encode()
+    ascii_only = frame.isascii()  # the common case, and then certainly UTF-8
     for line in frame.split(b"\n"):
         if line.strip():
-            yield decode_envelope(line)
+            yield decode_envelope(line, utf8_checked=ascii_only)
 
 
-def decode_envelope(raw: bytes) -> ClientOp | ProtocolError:
+def decode_envelope(raw: bytes, *, utf8_checked: bool = False) -> ClientOp | ProtocolError:
+    """One envelope. Its bytes are checked for UTF-8 unless the caller knows: msgspec's
+    ``Raw`` carries a string holding invalid UTF-8 through unchecked (onward to NATS, and
+    from there to every subscriber), and a binary WebSocket frame is never checked."""
+    if not utf8_checked and not raw.isascii():
+        try:
+            raw.decode()
+        except UnicodeDecodeError:
+            return _not_utf8(raw)
     try:
         op: ClientOp = _decoder.decode(raw)
     except msgspec.DecodeError as exc:  # ValidationError is a DecodeError too
@@ -170,6 +179,32 @@ def decode_envelope(raw: bytes) -> ClientOp | ProtocolError:
     except InvalidSubject as exc:
         return _error(ErrorCode.BAD_REQUEST, f"invalid target or pattern: {exc}", op)
     return op
+
+
+def _not_utf8(raw: bytes) -> ProtocolError:
+    """The error for an envelope with bytes that are not UTF-8, addressed to its inbox when
+    one can be read (so the op is still answered exactly once)."""
+    inbox = target = None
+    try:
+        probe = _probe_decoder.decode(raw)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        pass
+    else:
+        if isinstance(probe.inbox, str) and len(probe.inbox) <= MAX_INBOX:
+            inbox = _utf8_or_none(probe.inbox)
+        if isinstance(probe.target, str):
+            target = _utf8_or_none(probe.target)
+    return ProtocolError(
+        ErrorCode.BAD_REQUEST, "envelope is not valid UTF-8", inbox=inbox, target=target
+    )
+
+
+def _utf8_or_none(text: str) -> str | None:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return None
+    return text
 
 
 def _error(code: ErrorCode, message: str, op: ClientOp) -> ProtocolError:
@@ -317,8 +352,10 @@ def payload(raw: bytes) -> tuple[Raw, str | None]:
         except msgspec.DecodeError:
             pass
         else:
-            if b"\n" in raw or b"\r" in raw:  # JSON whitespace: keep frames one line
-                return Raw(_encoder.encode(msgspec.json.decode(value))), None
+            if b"\n" in raw or b"\r" in raw:
+                # Outside strings these are JSON whitespace (inside they must be escaped):
+                # blank them to keep frames one line, without re-encoding the value.
+                return Raw(raw.replace(b"\n", b" ").replace(b"\r", b" ")), None
             return value, None
     return Raw(_encoder.encode(raw.decode())), None
 

@@ -249,7 +249,7 @@ export const CLOSE_CODES = Object.freeze({
   1009: { meaning: "message too big", action: "backoff" },
   1011: { meaning: "internal error", action: "backoff" },
   1012: { meaning: "gateway restart: reconnect elsewhere now", action: "prompt" },
-  1013: { meaning: "backpressure: this client read too slowly", action: "backoff" },
+  1013: { meaning: "try again later: the client was too slow, or the gateway is full", action: "backoff" },
   4000: { meaning: "closed by the client: no cap_update or pong", action: "backoff" },
   4001: { meaning: "unauthorized: the token expired or was revoked", action: "auth" },
   4002: { meaning: "no pong: the server's pings went unanswered", action: "backoff" },

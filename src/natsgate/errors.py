@@ -41,7 +41,7 @@ class CloseCode(enum.IntEnum):
     TOO_BIG = 1009  # a message over MAX_FRAME_BYTES
     INTERNAL = 1011  # the gateway failed
     RESTART = 1012  # the gateway is stopping: reconnect (elsewhere) now
-    TRY_AGAIN_LATER = 1013  # backpressure: reconnect after a backoff
+    TRY_AGAIN_LATER = 1013  # backpressure, unfinished input, input budget: back off
     CLIENT_TIMEOUT = 4000  # the clients' own: no cap_update or no pong in time
     UNAUTHORIZED = 4001  # token expired or revoked: get a new token before reconnecting
     NO_PONG = 4002  # missed the server's pings: reconnect
@@ -82,7 +82,9 @@ CLOSE_INFO: Final[Mapping[CloseCode, CloseInfo]] = MappingProxyType(
         CloseCode.TOO_BIG: CloseInfo("message too big", _B),
         CloseCode.INTERNAL: CloseInfo("internal error", _B),
         CloseCode.RESTART: CloseInfo("gateway restart: reconnect elsewhere now", _P),
-        CloseCode.TRY_AGAIN_LATER: CloseInfo("backpressure: this client read too slowly", _B),
+        CloseCode.TRY_AGAIN_LATER: CloseInfo(
+            "try again later: the client was too slow, or the gateway is full", _B
+        ),
         CloseCode.CLIENT_TIMEOUT: CloseInfo("closed by the client: no cap_update or pong", _B),
         CloseCode.UNAUTHORIZED: CloseInfo("unauthorized: the token expired or was revoked", _A),
         CloseCode.NO_PONG: CloseInfo("no pong: the server's pings went unanswered", _B),

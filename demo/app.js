@@ -729,7 +729,12 @@ async function logout() {
   await stopSession();
   localStorage.removeItem(HINT_KEY);
   try {
-    await fetch("/auth/logout", { method: "POST" });
+    // JSON only: the gateway refuses other content types (no cross-site form posts)
+    await fetch("/auth/logout", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: "{}",
+    });
   } catch {
     // the cookie stays until it expires; the page is logged out either way
   }

@@ -56,6 +56,8 @@ def config(nats_server: NatsServer) -> Config:
         jwt_secret=SECRET,
         auth_bucket=unique("caps_"),
         auth_creds_bucket=unique("creds_"),
+        auth_revoked_bucket=unique("revoked_"),
+        rate_per_s=0.0,  # tests send bursts; the limit has tests of its own
     )
 
 

@@ -121,7 +121,7 @@ async def test_login_me_logout(gw: Gw) -> None:
         first = json.loads((await ws.receive()).data)
         assert first["op"] == "cap_update"
         await ws.close()
-        async with s.post(f"{gw.url}/auth/logout") as r:
+        async with s.post(f"{gw.url}/auth/logout", json={}) as r:
             assert r.status == 200
         async with s.get(f"{gw.url}/auth/me") as r:
             assert r.status == 401
@@ -144,7 +144,9 @@ async def test_wrong_credentials_and_throttling(gw: Gw) -> None:
             assert await login(user, "wrong") == 401
         # 5 failures from this address within 60 s: refused until the window passes
         assert await login(user, "right") == 429
-        async with s.post(f"{gw.url}/auth/login", data="nope") as r:
+        async with s.post(
+            f"{gw.url}/auth/login", data="nope", headers={"Content-Type": "application/json"}
+        ) as r:
             assert r.status == 400
 
 

@@ -259,26 +259,6 @@ async def test_stopping_cuts_connections_still_sending_their_head(gw: Gw) -> Non
     c.close()
 
 
-async def test_ws_on_a_keep_alive_connection_after_another_request(gw: Gw) -> None:
-    """aiohttp owns a connection once it carried a plain request; its /ws route serves an
-    upgrade that comes next on it, with the same session behind it."""
-    c = await Raw.open(gw)
-    c.writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-    head = await c.response_head()
-    assert head.startswith(b"HTTP/1.1 200 ")
-    lines = head.split(b"\r\n")
-    length = int(next(h for h in lines if h.lower().startswith(b"content-length:"))[15:])
-    assert json.loads(await c.reader.readexactly(length)) == {"status": "ok"}
-    await c.upgrade(unique("u"))
-    c.send_env(op="ping", inbox="again")
-    assert await c.envelope() == {"op": "pong", "inbox": "again"}
-    c.send(wf.OP_CLOSE, wf.close_payload(1000))
-    op, _ = await c.frame()
-    assert op == wf.OP_CLOSE
-    await eventually(lambda: not gw.gateway.sessions, timeout=T)
-    c.close()
-
-
 async def test_garbage_at_the_websocket_layer_never_hurts_the_gateway(
     gw: Gw, caplog: pytest.LogCaptureFixture
 ) -> None:

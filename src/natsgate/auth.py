@@ -6,6 +6,7 @@ Pure apart from the clock: no NATS, no HTTP.  The HTTP handlers in ``server`` ca
 from __future__ import annotations
 
 import re
+import secrets
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -17,12 +18,14 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 ALGORITHM = "HS256"
 MAX_TOKEN_BYTES = 8192
-# A user id is a KV key (contract §4) and travels in a NATS header: keep it to KV key syntax.
-USER_ID_RE = re.compile(r"^[-_=a-zA-Z0-9@][-_=.a-zA-Z0-9@]{0,127}$")
+# A user id is one subject token (it names KV keys and subjects such as ``notify.<user>``)
+# and travels in a NATS header: 1-128 characters, no '.', '*', '>', whitespace or control
+# character (contract section 7). A '.' would let user "alice.x" inside "user.alice.>".
+USER_ID_RE = re.compile(r"^[^.*>\s\x00-\x1f\x7f-\x9f]{1,128}$")
 
 
 class AuthError(Exception):
-    """The token is missing, malformed, forged, of the wrong algorithm or expired.
+    """The token is missing, malformed, forged, of the wrong algorithm, expired or revoked.
 
     The message is safe to show: it never contains the token.
     """
@@ -31,11 +34,18 @@ class AuthError(Exception):
 @dataclass(frozen=True, slots=True)
 class Identity:
     user: str
-    exp: float | None  # seconds since the epoch; None: the token does not expire
+    exp: float  # seconds since the epoch
+    iat: float | None = None  # when it was issued, if the token says
+    jti: str | None = None  # the token's id, if it has one (ours always do)
+
+
+def valid_user_id(user: object) -> bool:
+    return isinstance(user, str) and USER_ID_RE.match(user) is not None
 
 
 def verify_token(token: str, secret: str, *, now: float | None = None) -> Identity:
-    """Check signature, algorithm (pinned: ``alg: none`` and others refused) and ``exp``."""
+    """Check signature, algorithm (pinned: ``alg: none`` and others refused), ``exp``
+    (required, a number) and the user id."""
     if not token:
         raise AuthError("no token")
     if len(token) > MAX_TOKEN_BYTES:
@@ -45,29 +55,47 @@ def verify_token(token: str, secret: str, *, now: float | None = None) -> Identi
             token,
             secret,
             algorithms=[ALGORITHM],
-            options={"require": ["sub"], "verify_aud": False},
+            options={"require": ["sub", "exp"], "verify_aud": False},
             leeway=0,
         )
     except jwt.ExpiredSignatureError:
         raise AuthError("token expired") from None
+    except jwt.MissingRequiredClaimError as exc:
+        raise AuthError(f"token has no {exc.claim!r} claim") from None
     except jwt.InvalidTokenError:
         raise AuthError("invalid token") from None
     user = claims.get("sub")
-    if not isinstance(user, str) or not USER_ID_RE.match(user):
+    if not valid_user_id(user):
         raise AuthError("token subject is not a valid user id")
-    exp = claims.get("exp")
-    exp_f = float(exp) if isinstance(exp, int | float) else None
-    if exp_f is not None and exp_f <= (time.time() if now is None else now):
+    assert isinstance(user, str)
+    exp, iat, jti = _number(claims.get("exp")), _number(claims.get("iat")), claims.get("jti")
+    if exp is None:
+        raise AuthError("token exp is not a number")
+    if exp <= (time.time() if now is None else now):
         raise AuthError("token expired")
-    return Identity(user=user, exp=exp_f)
+    return Identity(user=user, exp=exp, iat=iat, jti=jti if isinstance(jti, str) and jti else None)
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
 
 
 def mint_token(user: str, secret: str, ttl_s: float) -> str:
-    """A token for ``user`` valid ``ttl_s`` seconds (``natsgate token``, ``/auth/login``)."""
-    if not USER_ID_RE.match(user):
+    """A token for ``user`` valid ``ttl_s`` seconds (``natsgate token``, ``/auth/login``).
+    It carries a ``jti`` so that it can be revoked alone (``/auth/logout``), and ``iat`` in
+    milliseconds so that ``natsgate user revoke`` can tell tokens issued after it."""
+    if not valid_user_id(user):
         raise ValueError(f"invalid user id {user!r}")
-    now = int(time.time())
-    return jwt.encode({"sub": user, "iat": now, "exp": now + int(ttl_s)}, secret, ALGORITHM)
+    now = time.time()
+    claims = {
+        "sub": user,
+        "iat": round(now, 3),
+        "exp": int(now + ttl_s),
+        "jti": secrets.token_urlsafe(16),
+    }
+    return jwt.encode(claims, secret, ALGORITHM)
 
 
 def token_from(
@@ -116,7 +144,11 @@ class Passwords:
 
 class Throttle:
     """At most ``limit`` failures per ``window_s`` for one key (an address or a user name);
-    past that, refuse until the window has passed (contract §2: 5 per 60 s, then 429)."""
+    past that, refuse until the window has passed (contract §2: 5 per 60 s, then 429).
+
+    An attempt is counted when it starts (:meth:`take`), before its password is checked,
+    and taken back if it succeeds (:meth:`forgive`): concurrent attempts cannot all pass
+    the check before the first failure is recorded (contract §7)."""
 
     def __init__(self, limit: int = 5, window_s: float = 60.0, max_keys: int = 100_000) -> None:
         self.limit = limit
@@ -138,6 +170,24 @@ class Throttle:
     def blocked(self, *keys: str, now: float | None = None) -> bool:
         now = time.monotonic() if now is None else now
         return any((q := self._recent(k, now)) is not None and len(q) >= self.limit for k in keys)
+
+    def take(self, *keys: str, now: float | None = None) -> bool:
+        """Count an attempt against every key, unless one of them is at the limit (then
+        nothing is counted and the answer is False)."""
+        now = time.monotonic() if now is None else now
+        if self.blocked(*keys, now=now):
+            return False
+        self.fail(*keys, now=now)
+        return True
+
+    def forgive(self, *keys: str) -> None:
+        """Take back the newest attempt of each key (it succeeded, or was never checked)."""
+        for k in keys:
+            q = self._fails.get(k)
+            if q:
+                q.pop()
+                if not q:
+                    del self._fails[k]
 
     def fail(self, *keys: str, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now

@@ -7,11 +7,12 @@ grants nothing.  A request is allowed only when one granted pattern covers all o
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
-from .subjects import covered_by_any, is_valid, match
+from .subjects import covered_by_any, covers, is_valid, match, overlaps
 
 
 class Kind(enum.StrEnum):
@@ -66,39 +67,101 @@ class Capabilities(msgspec.Struct, frozen=True, omit_defaults=True):
 
     # The checks. Each takes an already validated subject or pattern.
 
-    def can_subscribe(self, pattern: str) -> bool:
-        return covered_by_any(self.subjects, pattern)
+    # ``reserved`` names the gateway's own buckets (contract section 7): by default none.
 
-    def can_publish(self, subject: str) -> bool:
-        return covered_by_any(self.publish, subject)
+    def can_subscribe(self, pattern: str, reserved: Reserved | None = None) -> bool:
+        return _subject_allowed(self.subjects, pattern, reserved)
 
-    def can_command(self, subject: str) -> bool:
-        return covered_by_any(self.commands, subject)
+    def can_publish(self, subject: str, reserved: Reserved | None = None) -> bool:
+        return _subject_allowed(self.publish, subject, reserved)
 
-    def can_watch(self, bucket: str, key_pattern: str) -> bool:
-        return covered_by_any(_grants_for(self.buckets, bucket), key_pattern)
+    def can_command(self, subject: str, reserved: Reserved | None = None) -> bool:
+        return _subject_allowed(self.commands, subject, reserved)
 
-    def can_read(self, stream: str, filters: list[str]) -> bool:
+    def can_watch(self, bucket: str, key_pattern: str, reserved: Reserved | None = None) -> bool:
+        grants = _grants_for(self.buckets, bucket, reserved.mode(bucket) if reserved else OPEN)
+        return covered_by_any(grants, key_pattern)
+
+    def can_read(self, stream: str, filters: list[str], reserved: Reserved | None = None) -> bool:
         """``filters``: the asked filter, or every subject of the stream when none is asked."""
-        grants = _grants_for(self.streams, stream)
+        grants = self._stream_grants(stream, reserved)
         return bool(filters) and all(covered_by_any(grants, f) for f in filters)
 
-    def has_stream(self, stream: str) -> bool:
-        return bool(_grants_for(self.streams, stream))
+    def has_stream(self, stream: str, reserved: Reserved | None = None) -> bool:
+        return bool(self._stream_grants(stream, reserved))
 
-    def allows(self, kind: Kind, target: str, patterns: list[str]) -> bool:
+    def _stream_grants(self, stream: str, reserved: Reserved | None) -> list[str]:
+        mode = reserved.mode(stream[3:]) if reserved and stream.startswith("KV_") else OPEN
+        return _grants_for(self.streams, stream, mode)
+
+    def allows(
+        self, kind: Kind, target: str, patterns: list[str], reserved: Reserved | None = None
+    ) -> bool:
         """The check for a live subscription, re-run when capabilities change."""
         match kind:
             case Kind.SUB:
-                return all(self.can_subscribe(p) for p in patterns)
+                return all(self.can_subscribe(p, reserved) for p in patterns)
             case Kind.KV:
-                return all(self.can_watch(target, p) for p in patterns)
+                return all(self.can_watch(target, p, reserved) for p in patterns)
             case Kind.JS:
-                return self.can_read(target, patterns)
+                return self.can_read(target, patterns, reserved)
 
 
-def _grants_for(table: dict[str, list[str]], name: str) -> list[str]:
-    """Grants for a bucket or stream; table keys are names or single-token patterns."""
+# How a bucket may be reached through capabilities.
+OPEN, LITERAL, HIDDEN = "open", "literal", "hidden"
+
+
+@dataclass(frozen=True, slots=True)
+class Reserved:
+    """The gateway's own buckets (contract section 7). ``hidden`` ones (password hashes,
+    revocations) are never reachable through the gateway, whatever the capabilities say:
+    not as a bucket, not as the stream ``KV_<name>``, not on ``$KV.<name>.`` subjects nor
+    through a JetStream API subject naming the stream. ``literal`` ones (capabilities) only
+    through a grant that names the bucket itself, never through ``*`` or ``>``."""
+
+    hidden: frozenset[str] = frozenset()
+    literal: frozenset[str] = frozenset()
+
+    def mode(self, bucket: str) -> str:
+        if bucket in self.hidden:
+            return HIDDEN
+        return LITERAL if bucket in self.literal else OPEN
+
+
+def _names_bucket(pattern: str, bucket: str) -> bool:
+    """Whether ``pattern`` is written to reach ``bucket``'s subjects: ``$KV.<bucket>...``
+    (a literal first token: wildcards never reach ``$`` subjects) or any subject with the
+    token ``KV_<bucket>`` (the JetStream API for its stream)."""
+    tokens = pattern.split(".")
+    if f"KV_{bucket}" in tokens:
+        return True
+    return tokens[0] == "$KV" and overlaps(pattern, f"$KV.{bucket}.>")
+
+
+def _subject_allowed(grants: list[str], subject: str, reserved: Reserved | None) -> bool:
+    if reserved is None:
+        return covered_by_any(grants, subject)
+    if any(_names_bucket(subject, b) for b in reserved.hidden):
+        return False
+    literal = [b for b in reserved.literal if _names_bucket(subject, b)]
+    if not literal:
+        return covered_by_any(grants, subject)
+    # only a grant that itself names the bucket, e.g. "$KV.auth_users.alice"
+    return any(covers(g, subject) and all(_names_literally(g, b) for b in literal) for g in grants)
+
+
+def _names_literally(grant: str, bucket: str) -> bool:
+    tokens = grant.split(".")
+    return f"KV_{bucket}" in tokens or (tokens[:2] == ["$KV", bucket])
+
+
+def _grants_for(table: dict[str, list[str]], name: str, mode: str = OPEN) -> list[str]:
+    """Grants for a bucket or stream; table keys are names or single-token patterns (a
+    reserved name: only its own key, or none at all)."""
+    if mode == HIDDEN:
+        return []
+    if mode == LITERAL:
+        return list(table.get(name, []))
     grants: list[str] = []
     for key, patterns in table.items():
         if key == name or (is_valid(key, wildcards=True) and match(key, name)):

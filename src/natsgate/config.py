@@ -7,6 +7,7 @@ names it; the CLI prints that line and exits.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import secrets
@@ -17,6 +18,15 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 T = TypeVar("T")
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+MIN_SECRET_BYTES = 32
+# Values people paste from examples; refused whatever their length (contract section 7).
+_PLACEHOLDERS = re.compile(
+    r"(change[-_ ]?me|changeit|replace[-_ ]?me|your[-_ ]?secret|secret|example|"
+    r"placeholder|password|xxx+|todo)([-_ ]?(please|now|later|here|secret|key|\d+))*",
+    re.IGNORECASE,
+)
 
 LOG_LEVELS = ("debug", "info", "warn", "error")
 DEFAULT_PROXY = "http://127.0.0.1:1234"
@@ -49,6 +59,7 @@ class Config:
     nats_name: str = "natsgate"  # FLY_APP_NAME + PRIMARY_REGION
     auth_bucket: str = "auth_users"  # AUTH_BUCKET: capabilities, key = user id
     auth_creds_bucket: str = "auth_creds"  # AUTH_CREDS_BUCKET: argon2id hashes
+    auth_revoked_bucket: str = "auth_revoked"  # AUTH_REVOKED_BUCKET: revoked tokens
 
     # Auth
     jwt_secret: str = field(default="", repr=False)  # JWT_SECRET (HS256)
@@ -65,8 +76,11 @@ class Config:
     outbox_bytes: int = 4_194_304  # OUTBOX_BYTES: a connection's send queue bound
     max_pending_cmds: int = 100  # MAX_PENDING_CMDS: commands in flight per connection
     max_conns_per_ip: int = 0  # MAX_CONNS_PER_IP: 0 means no limit
-    rate_per_s: float = 0.0  # RATE_PER_S: client frames per second (0 = no limit)
-    rate_burst: int = 200  # RATE_BURST: client frames allowed in a burst
+    max_conns_per_user: int = 100  # MAX_CONNS_PER_USER: open WebSockets of one user (0: none)
+    max_feeds: int = 64  # MAX_FEEDS: KV watches + stream subscriptions per connection
+    rate_per_s: float = 200.0  # RATE_PER_S: client envelopes per second (0 = no limit)
+    rate_burst: int = 400  # RATE_BURST: client envelopes allowed in a burst
+    trusted_proxies: tuple[IPNetwork, ...] = ()  # TRUSTED_PROXIES: CIDRs, X-Forwarded-For
     drain_timeout_s: float = 10.0  # DRAIN_TIMEOUT: SIGTERM grace
 
     @property
@@ -130,6 +144,29 @@ def _origins(raw: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _secret(raw: str) -> str:
+    if _PLACEHOLDERS.fullmatch(raw.strip()) or len(set(raw)) < 8:
+        raise ConfigError("JWT_SECRET is a placeholder; set a random value of 32 bytes or more")
+    if len(raw.encode()) < MIN_SECRET_BYTES:
+        raise ConfigError(
+            f"JWT_SECRET is {len(raw.encode())} bytes; it must be at least {MIN_SECRET_BYTES} "
+            "(for example: python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    return raw
+
+
+def _proxies(raw: str) -> tuple[IPNetwork, ...]:
+    out = []
+    for cidr in (c.strip() for c in raw.split(",")):
+        if not cidr:
+            continue
+        try:
+            out.append(ipaddress.ip_network(cidr, strict=False))
+        except ValueError:
+            raise ConfigError(f"TRUSTED_PROXIES has an invalid address or CIDR {cidr!r}") from None
+    return tuple(out)
+
+
 def _bucket(name: str, raw: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_-]+", raw):
         raise ConfigError(f"{name} must be a KV bucket name (letters, digits, - and _)")
@@ -178,7 +215,9 @@ def load(flags: Flags, env: Mapping[str, str] | None = None) -> Config:
 
     secret = env.get("JWT_SECRET", "")
     ephemeral = False
-    if not secret:
+    if secret:
+        _secret(secret)
+    else:
         if not flags.local:
             raise ConfigError("JWT_SECRET is required (or run with --local for an ephemeral one)")
         secret = secrets.token_urlsafe(32)
@@ -218,6 +257,7 @@ def load(flags: Flags, env: Mapping[str, str] | None = None) -> Config:
         nats_name=name,
         auth_bucket=get("AUTH_BUCKET", _bucket, d.auth_bucket),
         auth_creds_bucket=get("AUTH_CREDS_BUCKET", _bucket, d.auth_creds_bucket),
+        auth_revoked_bucket=get("AUTH_REVOKED_BUCKET", _bucket, d.auth_revoked_bucket),
         jwt_secret=secret,
         jwt_secret_ephemeral=ephemeral,
         web_hash_salt=env.get("WEB_HASH_SALT", ""),
@@ -240,6 +280,11 @@ def load(flags: Flags, env: Mapping[str, str] | None = None) -> Config:
         max_conns_per_ip=get(
             "MAX_CONNS_PER_IP", lambda n, r: _int(n, r, 0, 10_000_000), d.max_conns_per_ip
         ),
+        max_conns_per_user=get(
+            "MAX_CONNS_PER_USER", lambda n, r: _int(n, r, 0, 10_000_000), d.max_conns_per_user
+        ),
+        max_feeds=get("MAX_FEEDS", lambda n, r: _int(n, r, 1, 100_000), d.max_feeds),
+        trusted_proxies=get("TRUSTED_PROXIES", lambda n, r: _proxies(r), d.trusted_proxies),
         rate_per_s=get("RATE_PER_S", lambda n, r: _float(n, r, 0, 1e9), d.rate_per_s),
         rate_burst=get("RATE_BURST", lambda n, r: _int(n, r, 1, 10_000_000), d.rate_burst),
         drain_timeout_s=get("DRAIN_TIMEOUT", lambda n, r: _float(n, r, 0, 3600), d.drain_timeout_s),

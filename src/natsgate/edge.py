@@ -3,9 +3,14 @@ aiohttp's (``/auth/*``, ``/healthz``, ``/metrics``, static files, the dev proxy)
 
 Why not aiohttp's WebSocket for ``/ws`` too: an idle connection there costs ~11 KiB of
 HTTP parser, request and reader state that lives as long as the socket; after our own
-upgrade a connection is a :class:`~natsgate.wsconn.WsConnection` of a few slots. Each new
-connection starts as a :class:`Front`, which reads just the request line: ``GET /ws`` is
-upgraded here, anything else is handed, with the bytes read so far, to aiohttp's protocol.
+upgrade a connection is a :class:`~natsgate.wsconn.WsConnection` of a few slots.
+
+Each new connection starts as a :class:`Front`, which reads the whole request head, within
+``HEAD_TIMEOUT_S`` and ``MAX_HEAD`` bytes whatever the path (a peer trickling header lines
+is cut, contract section 7): ``GET /ws`` is upgraded here, anything else is handed, with
+the bytes read so far, to aiohttp's protocol for that one request. aiohttp then closes the
+connection after its response (no keep-alive, see :func:`one_request`), so every request
+head on this port passes through a ``Front``, and ``/ws`` has one way in.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from .addresses import client_address
 from .auth import AuthError, Identity, identify
 from .gateway import Gateway
 from .handshake import (
@@ -70,9 +76,21 @@ def admit(
         raise HeadError(401, str(exc)) from None
     if not gw.ready.is_set() or not gw.upstream.connected:
         raise HeadError(503, "NATS is not reachable yet")
+    if gw.revocations.revoked(ident):
+        raise HeadError(401, "token revoked")
     if cfg.max_conns_per_ip and gw.conns_by_ip[remote] >= cfg.max_conns_per_ip:
         raise HeadError(429, "too many connections from this address")
+    if cfg.max_conns_per_user and len(gw.by_user.get(ident.user, ())) >= cfg.max_conns_per_user:
+        raise HeadError(429, "too many connections of this user")
     return ident
+
+
+async def one_request(request: web.Request, response: web.StreamResponse) -> None:
+    """aiohttp's ``on_response_prepare``: close the connection after this response, so
+    that the next request head on it is read by a :class:`Front` again (bounded in time
+    and size) rather than by aiohttp, which would wait for it without a limit."""
+    response.force_close()
+    response.headers["Connection"] = "close"  # the hook runs after aiohttp wrote its own
 
 
 class Front(asyncio.Protocol):
@@ -82,7 +100,7 @@ class Front(asyncio.Protocol):
 
     def __init__(self, edge: Edge) -> None:
         self._edge = edge
-        self._head = b""
+        self._head = bytearray()  # grows in place: a trickled head is not copied per read
         self._timer: asyncio.TimerHandle | None = None
         self._transport: asyncio.Transport | None = None
 
@@ -107,25 +125,21 @@ class Front(asyncio.Protocol):
             self._transport.close()
 
     def data_received(self, data: bytes) -> None:
-        head = self._head + data
-        line = head.find(b"\r\n")
-        if line < 0 and len(head) < MAX_HEAD:
-            self._head = head
-            return
-        if line < 0 or not routes_here(head[:line]):
-            self._hand_to_aiohttp(head)
-            return
-        end = head.find(b"\r\n\r\n")
+        head = self._head
+        start = max(0, len(head) - 3)
+        head += data
+        end = head.find(b"\r\n\r\n", start)
         if end < 0:
             if len(head) >= MAX_HEAD:
                 self._refuse(HeadError(431, "request head larger than 16 KiB"))
-            else:
-                self._head = head
             return
         if end > MAX_HEAD:
             self._refuse(HeadError(431, "request head larger than 16 KiB"))
             return
-        self._upgrade(head[:end], head[end + 4 :])
+        if not routes_here(bytes(head[: head.find(b"\r\n")])):
+            self._hand_to_aiohttp(bytes(head))
+            return
+        self._upgrade(bytes(head[:end]), bytes(head[end + 4 :]))
 
     def _hand_to_aiohttp(self, data: bytes) -> None:
         self._done()
@@ -150,9 +164,13 @@ class Front(asyncio.Protocol):
         t = self._transport
         assert t is not None
         peer = t.get_extra_info("peername")
-        remote = str(peer[0]) if peer else "?"
         try:
             head = parse_head(raw)
+            remote = client_address(
+                str(peer[0]) if peer else "?",
+                head.headers.getall("X-Forwarded-For", []),
+                gw.config.trusted_proxies,
+            )
             ident = admit(
                 gw, head.headers, head.cookies, head.query, head.headers.get("Host"), remote
             )

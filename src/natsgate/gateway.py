@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from typing import Any
 
 from nats.js.kv import KeyValue
@@ -13,12 +13,15 @@ from nats.js.kv import KeyValue
 from .auth import Passwords, Throttle
 from .bridges.jetstream import JsBridge
 from .bridges.kv import KvBridge
+from .capabilities import Reserved
 from .capstore import CapStore, ensure_bucket
 from .config import Config
 from .errors import CloseCode
+from .hashpool import HashPool
 from .hub import Hub
 from .metrics import Metrics
 from .outbox import Flusher
+from .revocations import Revocations
 from .session import Session
 from .upstream import Upstream
 
@@ -43,13 +46,23 @@ class Gateway:
         self.capstore = CapStore(self.upstream, config.auth_bucket)
         self.kv = KvBridge(self.upstream)
         self.js = JsBridge(self.upstream)
+        self.revocations = Revocations(self.upstream, config.auth_revoked_bucket)
+        self.revocations.on_revoked = self._revoked
+        # The gateway's own buckets: hashes and revocations never readable, capabilities
+        # only through a grant naming the bucket (contract section 7).
+        self.reserved = Reserved(
+            hidden=frozenset({config.auth_creds_bucket, config.auth_revoked_bucket}),
+            literal=frozenset({config.auth_bucket}),
+        )
         self.passwords = Passwords(config.web_hash_salt)
+        self.hasher = HashPool(self.passwords)
         self.throttle = Throttle()
         self.sessions: set[Session] = set()
         self.flusher = Flusher()
         self.traffic = Traffic()
         self._exported = Traffic()
         self.conns_by_ip: Counter[str] = Counter()
+        self.by_user: defaultdict[str, set[Session]] = defaultdict(set)
         self.creds: KeyValue | None = None
         self.ready = asyncio.Event()  # NATS connected and auth buckets in place
         self.stopping = False
@@ -67,6 +80,7 @@ class Gateway:
         """A session is open: count it (its ``close`` calls :meth:`detach`)."""
         self.sessions.add(session)
         self.conns_by_ip[session.remote] += 1
+        self.by_user[session.user].add(session)
         self.metrics.connections.inc()
         self.metrics.connections_total.inc()
 
@@ -77,7 +91,18 @@ class Gateway:
         self.conns_by_ip[session.remote] -= 1
         if self.conns_by_ip[session.remote] <= 0:
             del self.conns_by_ip[session.remote]
+        mine = self.by_user.get(session.user)
+        if mine is not None:
+            mine.discard(session)
+            if not mine:
+                del self.by_user[session.user]
         self.metrics.connections.dec()
+
+    def _revoked(self, user: str) -> None:
+        """Some token of ``user`` was revoked: close the connections opened with it."""
+        for session in list(self.by_user.get(user, ())):
+            if self.revocations.revoked(session.token):
+                session.revoke()
 
     def track(self, task: asyncio.Task[Any]) -> None:
         """Keep a reference to a fire-and-forget task until it ends."""
@@ -105,6 +130,7 @@ class Gateway:
             await self.upstream.wait_ready()
             try:
                 await self.capstore.start()
+                await self.revocations.start()
                 self.creds = await ensure_bucket(self.upstream, self.config.auth_creds_bucket)
             except Exception as exc:
                 log.warning("cannot set up the auth buckets yet: %r; retrying", exc)
@@ -125,9 +151,11 @@ class Gateway:
             )
         await self.hub.close()
         await self.capstore.close()
+        await self.revocations.close()
         for task in list(self._tasks):
             if not task.done():
                 task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.upstream.close()
+        self.hasher.close()

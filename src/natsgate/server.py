@@ -1,6 +1,6 @@
-"""The HTTP edge (contract sections 1, 2, 6): ``/ws``, ``/auth/*``, ``/healthz``,
+"""The HTTP side of the port (contract sections 2, 6, 7): ``/auth/*``, ``/healthz``,
 ``/metrics``, the browser library, and the front end (built-in static files or, with
-``--proxy``, a dev server)."""
+``--proxy``, a dev server). ``/ws`` is upgraded before aiohttp sees it (:mod:`.edge`)."""
 
 from __future__ import annotations
 
@@ -11,17 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from aiohttp import ClientSession, ClientTimeout, WSMsgType, web
+from aiohttp import ClientSession, ClientTimeout, web
 from nats.js.errors import KeyNotFoundError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .auth import AuthError, identify, mint_token
-from .edge import admit
-from .errors import CloseCode
+from .addresses import client_address
+from .auth import AuthError, identify, mint_token, valid_user_id
+from .edge import one_request, origin_allowed
 from .gateway import Gateway
-from .handshake import HeadError
-from .session import Session
-from .wsframe import OP_TEXT, header
+from .hashpool import PoolFull
 
 log = logging.getLogger("natsgate.http")
 
@@ -43,96 +41,6 @@ def web_dir() -> tuple[Path, Path]:
     return packaged / "natsgate.js", packaged / "demo"
 
 
-# ------------------------------------------------------------------ the socket
-
-
-class AiohttpTransport:
-    """The session's view of an aiohttp WebSocket.
-
-    Text frames are written straight to the asyncio transport (server frames are not
-    masked, and compression is off): synchronous, so the flusher can write to every ready
-    socket in one pass without a task per connection. Pings and the close handshake still
-    go through aiohttp, which writes whole frames to the same transport.
-    """
-
-    __slots__ = ("_protocol", "_transport", "ws")
-
-    def __init__(self, ws: web.WebSocketResponse, request: web.Request) -> None:
-        self.ws = ws
-        self._transport = request.transport
-        self._protocol = request.protocol
-
-    def write(self, frame: bytes) -> bool:
-        t = self._transport
-        if t is None or t.is_closing():
-            raise ConnectionResetError("the socket is closed")
-        t.write(header(OP_TEXT, len(frame)) + frame)
-        return not self._protocol.writing_paused
-
-    async def drained(self) -> None:
-        await self._protocol._drain_helper()
-
-    async def ping(self) -> None:
-        await self.ws.ping()
-
-    async def close(self, code: int, reason: str) -> None:
-        await self.ws.close(code=code, message=reason.encode()[:120])
-
-    def pause_reading(self) -> None:
-        """Not needed: the read loop awaits each frame, so aiohttp's own reader limits."""
-
-    def resume_reading(self) -> None:
-        """See :meth:`pause_reading`."""
-
-
-async def websocket(request: web.Request) -> web.StreamResponse:
-    """``/ws`` on a connection that aiohttp already serves (a keep-alive connection that
-    carried another request first); fresh connections are upgraded by :mod:`.edge`."""
-    gw = request.app[GATEWAY_KEY]
-    remote = request.remote or "?"
-    try:
-        ident = admit(gw, request.headers, request.cookies, request.query, request.host, remote)
-    except HeadError as err:
-        gw.metrics.refused.labels(str(err.status)).inc()
-        return web.json_response({"error": err.reason}, status=err.status)
-    ws = web.WebSocketResponse(
-        max_msg_size=gw.config.max_frame_bytes, autoping=False, compress=False, decode_text=False
-    )
-    await ws.prepare(request)
-    session = Session(gw, AiohttpTransport(ws, request), ident, remote)
-    gw.attach(session)
-    try:
-        await session.open()
-        await _read(ws, session, gw)
-    except Exception:
-        log.exception("connection of %s failed", ident.user)
-        await session.close(CloseCode.INTERNAL)
-    finally:
-        session.disconnected()
-        await session.wait_closed()
-    return ws
-
-
-async def _read(ws: web.WebSocketResponse, session: Session, gw: Gateway) -> None:
-    frames_in, bytes_in = gw.metrics.frames_in, gw.metrics.bytes_in
-    while True:
-        msg = await ws.receive()
-        t = msg.type
-        if t is WSMsgType.TEXT or t is WSMsgType.BINARY:
-            frames_in.inc()
-            bytes_in.inc(len(msg.data))
-            await session.on_frame(msg.data)
-        elif t is WSMsgType.PING:
-            session.seen()
-            await ws.pong(msg.data)
-        elif t is WSMsgType.PONG:
-            session.seen()
-        else:  # CLOSE, CLOSING, CLOSED, ERROR (e.g. frame over MAX_FRAME_BYTES: 1009)
-            if t is WSMsgType.ERROR:
-                log.info("socket of %s: %s", session.user, ws.exception())
-            return
-
-
 # ------------------------------------------------------------------ /auth
 
 
@@ -141,43 +49,85 @@ class _Login(msgspec.Struct, forbid_unknown_fields=True):
     password: str
 
 
+BODY_TIMEOUT_S = 10.0  # a login body trickled in slower than this is refused
+
+
 def _secure(request: web.Request, gw: Gateway) -> bool:
     return gw.config.cookie_secure or request.secure
 
 
+def _error(status: int, message: str, **headers: str) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers or None)
+
+
+def _remote(request: web.Request, gw: Gateway) -> str:
+    return client_address(
+        request.remote or "?",
+        request.headers.getall("X-Forwarded-For", []),
+        gw.config.trusted_proxies,
+    )
+
+
+def _form_refusal(request: web.Request, gw: Gateway) -> web.Response | None:
+    """``/auth/login`` and ``/auth/logout`` change the session cookie: JSON only (a form
+    or ``text/plain`` post from another site is not a CORS "simple" request then) and the
+    WebSocket's Origin check (contract section 7: no login CSRF)."""
+    if request.content_type != "application/json":
+        return _error(415, "send Content-Type: application/json")
+    if not origin_allowed(request.headers.get("Origin"), request.host, gw.config.allowed_origins):
+        return _error(403, "origin not allowed")
+    return None
+
+
 async def login(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY_KEY]
+    refused = _form_refusal(request, gw)
+    if refused is not None:
+        return refused
     try:
-        body = msgspec.json.decode(await request.read(), type=_Login)
+        async with asyncio.timeout(BODY_TIMEOUT_S):
+            raw = await request.read()
+        body = msgspec.json.decode(raw, type=_Login)
+    except TimeoutError:
+        return _error(408, "request body too slow")
     except msgspec.DecodeError as exc:
-        return web.json_response({"error": f"bad request: {exc}"}, status=400)
+        return _error(400, f"bad request: {exc}")
     user = body.username
-    keys = (f"ip:{request.remote}", f"user:{user}")
-    if gw.throttle.blocked(*keys):
+    keys = (f"ip:{_remote(request, gw)}", f"user:{user}")
+    # Counted as a failure before the hash is checked, so concurrent attempts cannot pass
+    # the limit; forgiven on success.
+    if not gw.throttle.take(*keys):
         gw.metrics.logins.labels("throttled").inc()
-        return web.json_response(
-            {"error": "too many failed logins; try again later"},
-            status=429,
-            headers={"Retry-After": str(int(gw.throttle.window_s))},
+        return _error(
+            429,
+            "too many failed logins; try again later",
+            **{"Retry-After": str(int(gw.throttle.window_s))},
         )
     if gw.creds is None:
-        return web.json_response({"error": "NATS is not reachable yet"}, status=503)
+        gw.throttle.forgive(*keys)
+        return _error(503, "NATS is not reachable yet", **{"Retry-After": "1"})
     stored: str | None = None
-    if len(user) <= 128 and len(body.password) <= 1024:
+    if valid_user_id(user) and len(body.password) <= 1024:
         try:
-            entry = await gw.creds.get(user)
+            entry = await gw.creds.get(user, validate_keys=False)
             stored = entry.value.decode() if entry.value else None
         except KeyNotFoundError:
             stored = None
-        except Exception:  # invalid key syntax and the like: the user does not exist
-            stored = None
-    # argon2 is slow on purpose: off the event loop, and the same cost with or without user
-    loop = asyncio.get_running_loop()
-    ok = await loop.run_in_executor(None, gw.passwords.verify, stored, body.password[:1024])
+        except Exception:  # NATS trouble: the user cannot be checked now
+            gw.throttle.forgive(*keys)
+            return _error(503, "cannot check passwords right now", **{"Retry-After": "1"})
+    # argon2 is slow on purpose: in a bounded pool off the event loop, and the same cost
+    # with or without the user
+    try:
+        ok = await gw.hasher.verify(stored, body.password[:1024])
+    except PoolFull:
+        gw.throttle.forgive(*keys)
+        gw.metrics.logins.labels("busy").inc()
+        return _error(503, "too many logins at once; try again", **{"Retry-After": "1"})
     if not ok:
-        gw.throttle.fail(*keys)
         gw.metrics.logins.labels("failed").inc()
-        return web.json_response({"error": "wrong user name or password"}, status=401)
+        return _error(401, "wrong user name or password")
+    gw.throttle.forgive(*keys)
     gw.metrics.logins.labels("ok").inc()
     resp = web.json_response({"user": user})
     resp.set_cookie(
@@ -193,8 +143,23 @@ async def login(request: web.Request) -> web.Response:
 
 
 async def logout(request: web.Request) -> web.Response:
+    """Clears the cookie and revokes the token it held (or the bearer token) until its
+    ``exp``, on every gateway: connections opened with it are closed too."""
     gw = request.app[GATEWAY_KEY]
-    resp = web.json_response({"ok": True})
+    refused = _form_refusal(request, gw)
+    if refused is not None:
+        return refused
+    revoked = False
+    try:
+        ident = identify(request.headers, request.cookies, request.query, gw.config.jwt_secret)
+    except AuthError:
+        ident = None  # nothing valid to revoke: clearing the cookie is all there is
+    if ident is not None and ident.jti is not None:
+        if not gw.ready.is_set():
+            return _error(503, "NATS is not reachable yet", **{"Retry-After": "1"})
+        await gw.revocations.revoke_token(ident)
+        revoked = True
+    resp = web.json_response({"ok": True, "revoked": revoked})
     resp.del_cookie(COOKIE, path="/", secure=_secure(request, gw), samesite="Lax")
     return resp
 
@@ -204,9 +169,11 @@ async def me(request: web.Request) -> web.Response:
     try:
         ident = identify(request.headers, request.cookies, request.query, gw.config.jwt_secret)
     except AuthError as exc:
-        return web.json_response({"error": str(exc)}, status=401)
+        return _error(401, str(exc))
     if not gw.ready.is_set():
-        return web.json_response({"error": "NATS is not reachable yet"}, status=503)
+        return _error(503, "NATS is not reachable yet")
+    if gw.revocations.revoked(ident):
+        return _error(401, "token revoked")
     caps = await gw.capstore.read(ident.user)
     return web.json_response({"user": ident.user, "caps": caps.to_json()})
 
@@ -318,7 +285,7 @@ def proxy(upstream: str) -> Any:
 def make_app(gw: Gateway) -> web.Application:
     app = web.Application(client_max_size=64 * 1024)
     app[GATEWAY_KEY] = gw
-    app.router.add_get("/ws", websocket)
+    app.on_response_prepare.append(one_request)
     app.router.add_post("/auth/login", login)
     app.router.add_post("/auth/logout", logout)
     app.router.add_get("/auth/me", me)

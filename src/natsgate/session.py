@@ -121,6 +121,7 @@ class Session:
         "remote",
         "state",
         "subs",
+        "token",
         "transport",
         "user",
     )
@@ -131,6 +132,7 @@ class Session:
         self.transport = transport
         self.user = identity.user
         self.exp = identity.exp
+        self.token = identity  # the token it was opened (or last refreshed) with
         self.remote = remote
         self.state = State.OPEN
         self.caps: Capabilities = Capabilities()
@@ -267,6 +269,11 @@ class Session:
 
     def _expired(self) -> None:
         self._close_soon(CloseCode.UNAUTHORIZED, (ErrorCode.UNAUTHORIZED, "token expired"))
+
+    def revoke(self) -> None:
+        """Its token was revoked (logout, ``natsgate user revoke``): close as on expiry."""
+        log.info("closing %s (%s): token revoked", self.user, self.remote)
+        self._close_soon(CloseCode.UNAUTHORIZED, (ErrorCode.UNAUTHORIZED, "token revoked"))
 
     def _on_ready(self) -> None:
         self.gw.flusher.add(self)
@@ -488,7 +495,7 @@ class Session:
         return sub
 
     async def _sub(self, op: p.Sub) -> None:
-        if not self.caps.can_subscribe(op.target):
+        if not self.caps.can_subscribe(op.target, self.gw.reserved):
             raise self._forbidden(f"subject {op.target!r}")
         sub = self._admit(Kind.SUB, op.target, "", [op.target])
         if sub is None:  # already subscribed: idempotent
@@ -514,16 +521,24 @@ class Session:
         denied = self._forbidden(f"{what} {op.target!r} with {pattern or 'no filter'!r}")
         # Check what is known before touching NATS, so a refusal says nothing about
         # whether the bucket or stream exists.
-        if pattern and not self.caps.allows(kind, op.target, [pattern]):
+        if pattern and not self.caps.allows(kind, op.target, [pattern], self.gw.reserved):
             raise denied
-        if not pattern and not self.caps.has_stream(op.target):
+        if not pattern and not self.caps.has_stream(op.target, self.gw.reserved):
             raise denied
+        if op.target is not None and (kind, op.target, pattern) not in self.subs:
+            feeds = sum(1 for s in self.subs.values() if s.kind is not Kind.SUB)
+            if feeds >= self.config.max_feeds:  # each one is a consumer on the NATS server
+                raise ProtocolError(
+                    ErrorCode.LIMIT,
+                    f"at most {self.config.max_feeds} KV watches and stream subscriptions "
+                    "per connection",
+                )
         feed: Feed
         if isinstance(op, p.KvSub):  # open raises not_found / bad_request
             feed, checked = await self.gw.kv.open(self, op)
         else:
             feed, checked = await self.gw.js.open(self, op)
-        if not self.caps.allows(kind, op.target, checked):
+        if not self.caps.allows(kind, op.target, checked, self.gw.reserved):
             raise denied
         sub = self._admit(kind, op.target, pattern, checked)
         if sub is None:
@@ -590,7 +605,7 @@ class Session:
             self._end(sub)
 
     async def _pub(self, op: p.Pub) -> None:
-        if not self.caps.can_publish(op.target):
+        if not self.caps.can_publish(op.target, self.gw.reserved):
             raise self._forbidden(f"publishing on {op.target!r}")
         confirm = op.inbox is not None
         await core.publish(
@@ -599,7 +614,7 @@ class Session:
         self._ack(op)
 
     def _cmd(self, op: p.Cmd) -> None:
-        if not self.caps.can_command(op.target):
+        if not self.caps.can_command(op.target, self.gw.reserved):
             raise self._forbidden(f"commands on {op.target!r}")
         if len(self._cmds) >= self.config.max_pending_cmds:
             raise ProtocolError(
@@ -637,7 +652,10 @@ class Session:
             raise ProtocolError(ErrorCode.UNAUTHORIZED, str(exc)) from None
         if ident.user != self.user:
             raise ProtocolError(ErrorCode.FORBIDDEN, "the new token is for another user")
+        if self.gw.revocations.revoked(ident):
+            raise ProtocolError(ErrorCode.UNAUTHORIZED, "token revoked")
         self.exp = ident.exp
+        self.token = ident
         self._arm_expiry()
         self._ack(op, exp=ident.exp)
 
@@ -650,7 +668,7 @@ class Session:
         self.caps = caps
         revoked = []
         for sub in list(self.subs.values()):
-            if not caps.allows(sub.kind, sub.target, sub.checked):
+            if not caps.allows(sub.kind, sub.target, sub.checked, self.gw.reserved):
                 self._end(sub)
                 revoked.append(sub.describe())
         self.outbox.push(p.encode_cap_update(caps.to_json(), revoked))

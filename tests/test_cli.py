@@ -17,6 +17,7 @@ import aiohttp
 import jwt
 import pytest
 
+from natsgate.auth import mint_token
 from natsgate.config import ConfigError, Flags, load
 from natsgate.natsrunner import NatsServer
 
@@ -50,6 +51,10 @@ def run(
     ("env", "needle"),
     [
         ({"JWT_SECRET": ""}, "JWT_SECRET is required"),
+        ({"JWT_SECRET": "change-me"}, "JWT_SECRET is a placeholder"),
+        ({"JWT_SECRET": "x"}, "JWT_SECRET is 1 bytes; it must be at least 32"),
+        ({"MAX_FEEDS": "0"}, "MAX_FEEDS must be between"),
+        ({"TRUSTED_PROXIES": "10.0.0.0/33"}, "TRUSTED_PROXIES has an invalid address"),
         ({"PORT": "eighty"}, "PORT must be an integer"),
         ({"PORT": "70000"}, "PORT must be between"),
         ({"BACKPRESSURE_MS": "-5"}, "BACKPRESSURE_MS must be between"),
@@ -74,7 +79,7 @@ def test_bad_config_stops_startup_with_one_line(env: dict[str, str], needle: str
 
 def test_config_defaults_and_flags() -> None:
     cfg = load(
-        Flags(port=9000, host="::1"), {"JWT_SECRET": "s", "NATS_URL": "nats://a:1,nats://b:2"}
+        Flags(port=9000, host="::1"), {"JWT_SECRET": SECRET, "NATS_URL": "nats://a:1,nats://b:2"}
     )
     assert (cfg.port, cfg.host, cfg.nats_urls) == (9000, "::1", ("nats://a:1", "nats://b:2"))
     assert (cfg.backpressure_ms, cfg.max_frame_bytes, cfg.max_subs) == (250, 1048576, 1000)
@@ -83,7 +88,7 @@ def test_config_defaults_and_flags() -> None:
     cfg = load(Flags(local=True), {"FLY_APP_NAME": "app", "PRIMARY_REGION": "ams"})
     assert cfg.jwt_secret_ephemeral and cfg.nats_name == "app-ams"
     with pytest.raises(ConfigError):
-        load(Flags(port=-1), {"JWT_SECRET": "s"})
+        load(Flags(port=-1), {"JWT_SECRET": SECRET})
 
 
 def test_token_command() -> None:
@@ -104,6 +109,7 @@ def gateway_proc(nats_server: NatsServer) -> Iterator[dict[str, Any]]:
         "NATS_URL": nats_server.url,
         "AUTH_BUCKET": unique("caps_"),
         "AUTH_CREDS_BUCKET": unique("creds_"),
+        "AUTH_REVOKED_BUCKET": unique("revoked_"),
     }
     proc = subprocess.Popen(
         [*NATSGATE, "serve", "--host", "127.0.0.1", "--port", str(port), "--log", "info"],
@@ -160,6 +166,39 @@ async def test_user_commands_and_login(gateway_proc: dict[str, Any], tmp_path: P
             assert resp.status == 200
         async with s.get(f"http://127.0.0.1:{port}/auth/me") as resp:
             assert (await resp.json())["caps"]["subjects"] == ["news.>"]
+
+
+async def test_user_revoke_ends_every_token_issued_before(gateway_proc: dict[str, Any]) -> None:
+    """``natsgate user revoke`` (contract section 7): open connections of the user close with
+    4001, its old tokens are refused at the upgrade, a token issued afterwards works."""
+    keys = ("NATS_URL", "AUTH_BUCKET", "AUTH_CREDS_BUCKET", "AUTH_REVOKED_BUCKET")
+    env = {k: gateway_proc["env"][k] for k in keys}
+    port = gateway_proc["port"]
+    await wait_healthy(port)
+    url = f"ws://127.0.0.1:{port}/ws"
+    old = [mint_token("dave", SECRET, 600) for _ in range(2)]
+    clients = [await WsClient.open(url, token=t) for t in old]
+    for c in clients:
+        await c.recv()
+    r = run(["user", "revoke", "dave"], env)
+    assert r.returncode == 0 and "revoked" in r.stdout, r.stderr
+    for c in clients:
+        assert await c.wait_closed(timeout=T) == 4001
+        await c.close()
+    for t in old:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await WsClient.open(url, token=t)
+        assert refused.value.status == 401
+    fresh = await WsClient.open(url, token=mint_token("dave", SECRET, 600))
+    assert (await fresh.recv())["op"] == "cap_update"
+    await fresh.close()
+
+
+@pytest.mark.parametrize("user", ["alice.x", "a*", "a b", "x" * 129])
+def test_user_ids_that_are_not_one_subject_token_are_refused(user: str) -> None:
+    for argv in (["user", "add", user], ["user", "revoke", user], ["token", user]):
+        r = run(argv, {"JWT_SECRET": SECRET, "NATS_URL": "nats://127.0.0.1:1"}, stdin="pw\n")
+        assert r.returncode == 2 and "invalid user id" in r.stderr, (argv, r.stderr)
 
 
 async def test_sigterm_tells_clients_to_reconnect_and_exits_0(gateway_proc: dict[str, Any]) -> None:

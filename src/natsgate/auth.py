@@ -21,6 +21,7 @@ MAX_TOKEN_BYTES = 8192
 # A user id is one subject token (it names KV keys and subjects such as ``notify.<user>``)
 # and travels in a NATS header: 1-128 characters, no '.', '*', '>', whitespace or control
 # character (contract section 7). A '.' would let user "alice.x" inside "user.alice.>".
+USER_ID_RULE = "1-128 characters, no '.', '*', '>', whitespace or control character"
 USER_ID_RE = re.compile(r"^[^.*>\s\x00-\x1f\x7f-\x9f]{1,128}$")
 
 

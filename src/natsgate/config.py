@@ -144,14 +144,17 @@ def _origins(raw: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _secret(raw: str) -> str:
-    if _PLACEHOLDERS.fullmatch(raw.strip()) or len(set(raw)) < 8:
+def check_secret(raw: str) -> str:
+    """JWT_SECRET as contract section 7 wants it, or :class:`ConfigError`."""
+    if _PLACEHOLDERS.fullmatch(raw.strip()):
         raise ConfigError("JWT_SECRET is a placeholder; set a random value of 32 bytes or more")
     if len(raw.encode()) < MIN_SECRET_BYTES:
         raise ConfigError(
             f"JWT_SECRET is {len(raw.encode())} bytes; it must be at least {MIN_SECRET_BYTES} "
             "(for example: python -c 'import secrets; print(secrets.token_urlsafe(32))')"
         )
+    if len(set(raw)) < 8:
+        raise ConfigError("JWT_SECRET repeats a few characters; set a random value")
     return raw
 
 
@@ -216,7 +219,7 @@ def load(flags: Flags, env: Mapping[str, str] | None = None) -> Config:
     secret = env.get("JWT_SECRET", "")
     ephemeral = False
     if secret:
-        _secret(secret)
+        check_secret(secret)
     else:
         if not flags.local:
             raise ConfigError("JWT_SECRET is required (or run with --local for an ephemeral one)")

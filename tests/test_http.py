@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import aiohttp
@@ -43,7 +44,11 @@ async def test_metrics_count_what_happens(gw: Gw, nc: NATS) -> None:
         "natsgate_nats_connected 1.0",
     ):
         assert line in text, line
-    assert "natsgate_frames_in_total" in text and "natsgate_bytes_out_total" in text
+    assert "natsgate_bytes_out_total" in text
+    # the client sent 3 frames (sub, sub, cmd) through the one /ws path: counted
+    assert "natsgate_frames_in_total 3.0" in text, text
+    bytes_in = re.search(r"^natsgate_bytes_in_total (\S+)$", text, re.M)
+    assert bytes_in and float(bytes_in.group(1)) > 50
     await c.close()
 
 

@@ -29,12 +29,13 @@ log = logging.getLogger("natsgate")
 
 
 class Traffic:
-    """Counters bumped per frame written: plain ints, cheaper than Prometheus' locks."""
+    """Counters bumped per frame written or read: plain ints, cheaper than Prometheus'
+    locks."""
 
-    __slots__ = ("bytes", "envelopes", "frames")
+    __slots__ = ("bytes", "bytes_in", "envelopes", "frames", "frames_in")
 
     def __init__(self) -> None:
-        self.frames = self.bytes = self.envelopes = 0
+        self.frames = self.bytes = self.envelopes = self.frames_in = self.bytes_in = 0
 
 
 class Gateway:
@@ -74,7 +75,10 @@ class Gateway:
         m.frames_out.inc(t.frames - e.frames)
         m.bytes_out.inc(t.bytes - e.bytes)
         m.envelopes_out.inc(t.envelopes - e.envelopes)
+        m.frames_in.inc(t.frames_in - e.frames_in)
+        m.bytes_in.inc(t.bytes_in - e.bytes_in)
         e.frames, e.bytes, e.envelopes = t.frames, t.bytes, t.envelopes
+        e.frames_in, e.bytes_in = t.frames_in, t.bytes_in
 
     def attach(self, session: Session) -> None:
         """A session is open: count it (its ``close`` calls :meth:`detach`)."""

@@ -361,6 +361,9 @@ class Session:
         it when caught up)."""
         if self.state is not State.OPEN or self._ending:
             return True
+        t = self.gw.traffic
+        t.frames_in += 1
+        t.bytes_in += len(frame)
         q = self._inq
         if q is None:
             q = self._inq = deque()

@@ -25,7 +25,13 @@ import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig
-from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import (
+    APIError,
+    BucketNotFoundError,
+    KeyValueLimitMarkerTTLNotSupportedError,
+    KeyWrongLastSequenceError,
+    NotFoundError,
+)
 from nats.js.kv import KeyValue
 
 from .auth import Identity
@@ -62,8 +68,12 @@ async def open_bucket(js: JetStreamContext, bucket: str) -> KeyValue:
         return await js.key_value(bucket)
     except (BucketNotFoundError, NotFoundError):
         log.info("creating KV bucket %s", bucket)
-        config = KeyValueConfig(bucket=bucket, history=1, limit_marker_ttl=GRACE_S)
-        return await js.create_key_value(config)
+        try:
+            config = KeyValueConfig(bucket=bucket, history=1, limit_marker_ttl=GRACE_S)
+            return await js.create_key_value(config)
+        except KeyValueLimitMarkerTTLNotSupportedError:  # nats-server before 2.11
+            log.warning("NATS has no per-message TTLs: revoked tokens stay in %s", bucket)
+            return await js.create_key_value(KeyValueConfig(bucket=bucket, history=1))
 
 
 async def write_token(kv: KeyValue, ident: Identity) -> None:
@@ -71,8 +81,15 @@ async def write_token(kv: KeyValue, ident: Identity) -> None:
         return
     value = msgspec.json.encode(_Token(user=ident.user, exp=ident.exp))
     ttl = max(1.0, ident.exp - time.time() + GRACE_S)
-    with contextlib.suppress(KeyWrongLastSequenceError):  # revoked already
-        await kv.create(token_key(ident.jti), value, msg_ttl=ttl)
+    key = token_key(ident.jti)
+    try:
+        await kv.create(key, value, msg_ttl=ttl)
+    except KeyWrongLastSequenceError:
+        pass  # revoked already
+    except APIError as exc:  # a bucket made without per-message TTLs
+        log.debug("revocation of %s without a TTL: %r", ident.user, exc)
+        with contextlib.suppress(KeyWrongLastSequenceError):
+            await kv.create(key, value)
 
 
 async def write_user(kv: KeyValue, user: str, before: float) -> None:

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from natsgate.capabilities import Capabilities
 
 from .conftest import connect, unique
 from .helpers import Gw
@@ -90,4 +99,101 @@ async def test_no_change_is_missed_under_rapid_updates(gw: Gw) -> None:
         await c.expect(
             lambda e, i=i: e["op"] == "cap_update" and e["data"]["caps"]["subjects"] == [f"a.{i}"]
         )
+    await c.close()
+
+
+# ------------------------------------------------------------ read your writes
+
+
+class Heard:
+    """A CapStore listener that keeps what it was told."""
+
+    def __init__(self) -> None:
+        self.told: list[Capabilities] = []
+
+    def caps_changed(self, caps: Capabilities) -> None:
+        self.told.append(caps)
+
+
+async def write_all(gw: Gw, docs: dict[str, dict[str, Any]]) -> None:
+    """Write many documents at once, each put awaited until JetStream acknowledged it."""
+    kv = await gw.gateway.upstream.js.key_value(gw.gateway.config.auth_bucket)
+    await asyncio.gather(*(kv.put(u, json.dumps(d).encode()) for u, d in docs.items()))
+
+
+def wrong(users: list[str], got: list[Capabilities], want: Callable[[str], list[str]]) -> list[str]:
+    return [u for u, caps in zip(users, got, strict=True) if caps.subjects != want(u)]
+
+
+async def test_a_burst_of_writes_is_read_by_the_joins_right_after_it(gw: Gw) -> None:
+    """Read your writes, fresh users: 2,000 documents written at once (every put
+    acknowledged), then 2,000 first joins at once; each sees its own document."""
+    store, p = gw.gateway.capstore, unique("p")
+    users = [f"{p}u{i}" for i in range(2000)]
+    await write_all(gw, {u: {"subjects": [f"{u}.>"]} for u in users})
+    got = await asyncio.gather(*(store.join(u, Heard()) for u in users))
+    assert wrong(users, got, lambda u: [f"{u}.>"]) == []
+
+
+async def test_a_second_connection_sees_what_was_written_before_it(gw: Gw, nc: NATS) -> None:
+    """Read your writes, users already connected: their documents are cached and kept up
+    by the store's one reader, which follows the stream a little behind the writers. A join
+    after a burst of 2,000 acknowledged writes must not get the cached, older document,
+    and the burst must not cost a round trip per join."""
+    store, p = gw.gateway.capstore, unique("p")
+    users = [f"{p}u{i}" for i in range(2000)]
+    await write_all(gw, {u: {"subjects": [f"{u}.old"]} for u in users})
+    await asyncio.gather(*(store.join(u, Heard()) for u in users))
+    asked: list[Msg] = []
+
+    async def note(msg: Msg) -> None:
+        asked.append(msg)
+
+    spy = await nc.subscribe(f"$JS.API.STREAM.INFO.KV_{gw.gateway.config.auth_bucket}", cb=note)
+    await nc.flush()
+    await write_all(gw, {u: {"subjects": [f"{u}.new"]} for u in users})
+    got = await asyncio.gather(*(store.join(u, Heard()) for u in users))
+    assert wrong(users, got, lambda u: [f"{u}.new"]) == []
+    await nc.flush()
+    await spy.unsubscribe()
+    assert len(asked) < 10, len(asked)  # batched: one request serves every join waiting
+
+
+async def test_websocket_connections_after_a_burst_get_the_written_caps(gw: Gw) -> None:
+    """The same through real sockets: users with a connection open and users new to the
+    gateway; caps written for 2,000 users at once, theirs last; the first cap_update of
+    each new connection carries them."""
+    p = unique("p")
+    known = [f"{p}k{i}" for i in range(100)]
+    fresh = [f"{p}f{i}" for i in range(100)]
+    others = {f"{p}o{i}": {"subjects": ["o.>"]} for i in range(1800)}
+    await write_all(gw, {u: {"subjects": [f"{u}.old"]} for u in known})
+    before = await asyncio.gather(*(connect(gw, u) for u in known))
+    await write_all(gw, others | {u: {"subjects": [f"{u}.new"]} for u in known + fresh})
+    after = await asyncio.gather(*(connect(gw, u) for u in known + fresh))
+    stale = [
+        u
+        for u, c in zip(known + fresh, after, strict=True)
+        if c.first["data"]["caps"]["subjects"] != [f"{u}.new"]
+    ]
+    assert stale == []
+    await asyncio.gather(*(c.close() for c in before + after))
+
+
+async def test_a_document_that_does_not_parse_grants_nothing_and_is_logged(
+    gw: Gw, caplog: pytest.LogCaptureFixture
+) -> None:
+    user = unique("u")
+    kv = await gw.gateway.upstream.js.key_value(gw.gateway.config.auth_bucket)
+    await kv.put(user, b'{"subjects": "chat.>"}')  # a string, not a list
+    c = await connect(gw, user)
+    assert c.first["data"]["caps"]["subjects"] == []
+    assert (await c.error("sub", "chat.x"))["code"] == "forbidden"
+    warned = [r for r in caplog.records if r.levelname == "WARNING" and user in r.getMessage()]
+    assert warned, caplog.text
+    assert "chat.>" not in warned[0].getMessage()  # the reason, not the document
+    await kv.put(user, b"{not json")  # a change that does not parse: revoked, and logged
+    upd = await c.expect(op="cap_update")
+    assert upd["data"]["caps"]["subjects"] == []
+    assert len([r for r in caplog.records if user in r.getMessage()]) >= 2
     await c.close()

@@ -5,6 +5,16 @@ One ordered reader per process follows every write to the bucket as JetStream st
 document is read once with a KV ``get`` when the first connection of that user arrives;
 from then on only a newer revision replaces it, whichever of the two paths brings it.
 
+Read your writes: a document written (and acknowledged) before a connection arrives is in
+that connection's first ``cap_update``.  The reader follows the stream a little behind the
+writers (a burst of thousands of writes takes it a while), so a join that finds its user
+already loaded first asks the stream for its last sequence and waits until the reader has
+passed it.  One such request serves every join that asks while the previous one is out.
+The ``get`` of a user's first join goes to the stream leader, never a direct get: with
+``allow_direct`` (set by ``nats kv add``) any replica may answer, possibly one that has not
+stored the latest write yet, and a write the reader brought before the user joined would
+then be lost until the next one.
+
 Why not a core subscription on ``$KV.<bucket>.>`` plus a ``get``: a core subscriber can
 see the write before JetStream has stored it, so the ``get`` may return the old value and a
 revocation would be missed.  Why not a watcher per connection: that is a consumer on the
@@ -18,6 +28,7 @@ import asyncio
 import logging
 from typing import Protocol
 
+import msgspec
 from nats.aio.msg import Msg
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
@@ -28,6 +39,8 @@ from .capabilities import NONE, Capabilities
 from .upstream import Upstream
 
 log = logging.getLogger("natsgate.caps")
+
+CATCH_UP_S = 5.0  # longest a join waits for the reader to reach the stream's last write
 
 
 class CapListener(Protocol):
@@ -58,24 +71,42 @@ async def _nothing_to_wait_for() -> None:
     return None
 
 
+def _parse(user: str, raw: bytes | None) -> Capabilities:
+    """:meth:`Capabilities.parse`, but a document that does not parse is logged (the user
+    and the reason, never the document): it still grants nothing (contract §4)."""
+    if not raw:
+        return NONE
+    try:
+        return msgspec.json.decode(raw, type=Capabilities).sanitized()
+    except msgspec.DecodeError as exc:
+        log.warning("capabilities of %s do not parse, granting nothing: %s", user, exc)
+        return NONE
+
+
 class CapStore:
     def __init__(self, upstream: Upstream, bucket: str) -> None:
         self.upstream = upstream
         self.bucket = bucket
+        self._stream = f"KV_{bucket}"
         self._prefix = f"$KV.{bucket}."
         self._users: dict[str, _User] = {}
         self._kv: KeyValue | None = None
         self._reader: Reader | None = None
         self._task: asyncio.Task[None] | None = None
         self._loads: set[asyncio.Task[None]] = set()
+        # read your writes: the stream's last sequence, asked once for many joins
+        self._last_seq_next: asyncio.Future[int] | None = None  # for joins waiting to ask
+        self._asking: asyncio.Task[None] | None = None
+        # stream sequences joins wait for the reader to reach; each given up after a while
+        self._marks: dict[int, tuple[asyncio.Future[None], asyncio.TimerHandle]] = {}
 
     async def start(self) -> None:
         if self._reader is not None:
             return
-        self._kv = await ensure_bucket(self.upstream, self.bucket)
+        await self._bucket()
         reader = Reader(
             self.upstream,
-            f"KV_{self.bucket}",
+            self._stream,
             self._prefix + ">",
             Start(),  # writes from now on; documents before it are read with get()
             256,
@@ -94,10 +125,11 @@ class CapStore:
     def _on_write(self, msg: Msg, d: Delivery) -> None:
         user = msg.subject[len(self._prefix) :]
         u = self._users.get(user)
-        if u is None:
-            return
-        caps = Capabilities.parse(msg.data) if kv_op(msg) == "PUT" else NONE
-        self._apply(u, caps, d.stream_seq)
+        if u is not None:
+            caps = _parse(user, msg.data) if kv_op(msg) == "PUT" else NONE
+            self._apply(u, caps, d.stream_seq)
+        if self._marks:
+            self._reached(d.stream_seq)
 
     def _apply(self, u: _User, caps: Capabilities, revision: int) -> None:
         if revision <= u.revision:
@@ -108,8 +140,10 @@ class CapStore:
                 listener.caps_changed(caps)
 
     async def join(self, user: str, listener: CapListener) -> Capabilities:
-        """The user's capabilities now; ``listener`` hears of every change until it leaves."""
+        """The user's capabilities now, including every write acknowledged before this
+        call; ``listener`` hears of every change until it leaves."""
         u = self._users.get(user)
+        known = u is not None
         if u is None:
             u = self._users[user] = _User()
             task = asyncio.create_task(self._load(user, u))
@@ -117,6 +151,8 @@ class CapStore:
             task.add_done_callback(self._loads.discard)
         u.listeners[listener] = None
         try:
+            if known:  # its get may predate a write, which the reader may not have yet
+                await self._catch_up()
             await asyncio.shield(u.loaded)
         except BaseException:
             self.leave(user, listener)
@@ -146,25 +182,100 @@ class CapStore:
             del self._users[user]
 
     async def read(self, user: str) -> Capabilities:
-        """The stored capabilities of any user, connected or not (``/auth/me``)."""
-        u = self._users.get(user)
-        if u is not None and u.loaded.done() and not u.loaded.exception():
-            return u.caps
+        """The stored capabilities of any user, connected or not (``/auth/me``), as of now."""
         caps, _ = await self._get(user)
         return caps
 
+    async def _bucket(self) -> KeyValue:
+        if self._kv is None:
+            await ensure_bucket(self.upstream, self.bucket)
+            # gets answered by the stream leader only (see the module docstring)
+            self._kv = KeyValue(self.bucket, self._stream, self._prefix, self.upstream.js, False)
+        return self._kv
+
     async def _get(self, user: str) -> tuple[Capabilities, int]:
         """(caps, revision); a missing or deleted key is (nothing, 0): default deny."""
-        if self._kv is None:
-            self._kv = await ensure_bucket(self.upstream, self.bucket)
+        kv = await self._bucket()
         try:
-            entry = await self._kv.get(user)
+            entry = await kv.get(user)
         except KeyNotFoundError:
             return NONE, 0
-        return Capabilities.parse(entry.value), entry.revision or 0
+        return _parse(user, entry.value), entry.revision or 0
+
+    # ------------------------------------------------------------ read your writes
+
+    async def _catch_up(self) -> None:
+        """Return once the reader has brought every write the stream held when this was
+        called, or after ``CATCH_UP_S`` (then a later write still comes as a change)."""
+        reader = self._reader
+        if reader is None:
+            return
+        try:
+            last = await asyncio.shield(self._last_seq())
+        except Exception as exc:  # NATS away: the user's other connections know no more
+            log.info("cannot read the last sequence of %s: %r", self._stream, exc)
+            return
+        if reader.last_seq >= last:
+            return
+        mark = self._marks.get(last)
+        if mark is None:
+            fut = asyncio.get_running_loop().create_future()
+            timer = asyncio.get_running_loop().call_later(CATCH_UP_S, self._give_up, last)
+            mark = self._marks[last] = (fut, timer)
+        await asyncio.shield(mark[0])
+
+    def _last_seq(self) -> asyncio.Future[int]:
+        """The stream's last sequence, read after this call. Every call made while one
+        request is out shares the next request."""
+        if self._last_seq_next is None:
+            self._last_seq_next = asyncio.get_running_loop().create_future()
+            if self._asking is None or self._asking.done():
+                self._asking = asyncio.create_task(self._ask(), name="capabilities-last-seq")
+        return self._last_seq_next
+
+    async def _ask(self) -> None:
+        while (fut := self._last_seq_next) is not None:
+            self._last_seq_next = None  # calls from now on wait for the next request
+            try:
+                info = await self.upstream.js.stream_info(self._stream)
+            except Exception as exc:
+                fut.set_exception(exc)
+                fut.exception()  # retrieved: each waiter handles it
+            else:
+                fut.set_result(info.state.last_seq)
+            finally:
+                if not fut.done():  # cancelled by close(): so are its waiters
+                    fut.cancel()
+
+    def _reached(self, seq: int) -> None:
+        for mark in [m for m in self._marks if m <= seq]:
+            fut, timer = self._marks.pop(mark)
+            timer.cancel()
+            fut.set_result(None)
+
+    def _give_up(self, seq: int) -> None:
+        mark = self._marks.pop(seq, None)
+        if mark is None:
+            return
+        at = self._reader.last_seq if self._reader is not None else 0
+        log.warning(
+            "capabilities reader still at %d of %s, not %d, after %.0f s; joining without it",
+            at,
+            self._stream,
+            seq,
+            CATCH_UP_S,
+        )
+        mark[0].set_result(None)
 
     async def close(self) -> None:
-        tasks = [t for t in (self._task, *self._loads) if t is not None]
+        for seq in list(self._marks):
+            fut, timer = self._marks.pop(seq)
+            timer.cancel()
+            fut.set_result(None)
+        if self._last_seq_next is not None:
+            self._last_seq_next.cancel()
+            self._last_seq_next = None
+        tasks = [t for t in (self._task, self._asking, *self._loads) if t is not None]
         for task in tasks:
             task.cancel()
         if tasks:

@@ -364,8 +364,10 @@ async def test_09_user_ids_that_are_not_one_subject_token_are_refused(gw: Gw, su
 
 async def test_09_unusual_but_safe_user_ids_work(gw: Gw) -> None:
     for user in ("auth0|5f1c", "alice@example", "ü-ser", "a:b"):
+        await gw.set_caps(user, {"subjects": [f"notify.{user}"]})
         c = await connect(gw, user)
-        await alive(c)
+        assert c.first["data"]["caps"]["subjects"] == [f"notify.{user}"]
+        await c.ok("sub", f"notify.{user}")
         await c.close()
 
 

@@ -114,7 +114,6 @@ class Session:
         "_tokens",
         "caps",
         "config",
-        "exp",
         "gw",
         "last_seen",
         "outbox",
@@ -131,8 +130,7 @@ class Session:
         self.config = gw.config
         self.transport = transport
         self.user = identity.user
-        self.exp = identity.exp
-        self.token = identity  # the token it was opened (or last refreshed) with
+        self.token = identity  # the token it was opened (or last refreshed) with: its exp
         self.remote = remote
         self.state = State.OPEN
         self.caps: Capabilities = Capabilities()
@@ -263,9 +261,8 @@ class Session:
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
-        if self.exp is not None:
-            delay = max(0.0, self.exp - time.time())
-            self._expiry = asyncio.get_running_loop().call_later(delay, self._expired)
+        delay = max(0.0, self.token.exp - time.time())
+        self._expiry = asyncio.get_running_loop().call_later(delay, self._expired)
 
     def _expired(self) -> None:
         self._close_soon(CloseCode.UNAUTHORIZED, (ErrorCode.UNAUTHORIZED, "token expired"))
@@ -528,7 +525,7 @@ class Session:
             raise denied
         if not pattern and not self.caps.has_stream(op.target, self.gw.reserved):
             raise denied
-        if op.target is not None and (kind, op.target, pattern) not in self.subs:
+        if (kind, op.target, pattern) not in self.subs:
             feeds = sum(1 for s in self.subs.values() if s.kind is not Kind.SUB)
             if feeds >= self.config.max_feeds:  # each one is a consumer on the NATS server
                 raise ProtocolError(
@@ -657,7 +654,6 @@ class Session:
             raise ProtocolError(ErrorCode.FORBIDDEN, "the new token is for another user")
         if self.gw.revocations.revoked(ident):
             raise ProtocolError(ErrorCode.UNAUTHORIZED, "token revoked")
-        self.exp = ident.exp
         self.token = ident
         self._arm_expiry()
         self._ack(op, exp=ident.exp)

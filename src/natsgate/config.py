@@ -74,6 +74,7 @@ class Config:
     ping_timeout_s: float = 20.0  # PING_TIMEOUT (seconds)
     cmd_timeout_ms: int = 5000  # CMD_TIMEOUT_MS: default for cmd without timeout_ms
     outbox_bytes: int = 4_194_304  # OUTBOX_BYTES: a connection's send queue bound
+    notsent_lowat_bytes: int = 131_072  # NOTSENT_LOWAT_BYTES: kernel unsent bytes/socket (0: off)
     max_pending_cmds: int = 100  # MAX_PENDING_CMDS: commands in flight per connection
     max_conns_per_ip: int = 0  # MAX_CONNS_PER_IP: 0 means no limit
     max_conns_per_user: int = 100  # MAX_CONNS_PER_USER: open WebSockets of one user (0: none)
@@ -277,6 +278,9 @@ def load(flags: Flags, env: Mapping[str, str] | None = None) -> Config:
         ping_timeout_s=get("PING_TIMEOUT", lambda n, r: _float(n, r, 0.05, 3600), d.ping_timeout_s),
         cmd_timeout_ms=get("CMD_TIMEOUT_MS", lambda n, r: _int(n, r, 1, 300_000), d.cmd_timeout_ms),
         outbox_bytes=get("OUTBOX_BYTES", lambda n, r: _int(n, r, 1024, 1 << 30), d.outbox_bytes),
+        notsent_lowat_bytes=get(
+            "NOTSENT_LOWAT_BYTES", lambda n, r: _int(n, r, 0, 1 << 30), d.notsent_lowat_bytes
+        ),
         max_pending_cmds=get(
             "MAX_PENDING_CMDS", lambda n, r: _int(n, r, 1, 100_000), d.max_pending_cmds
         ),

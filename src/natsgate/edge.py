@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import sys
 from collections.abc import Mapping
 from typing import cast
 from urllib.parse import urlsplit
@@ -42,6 +44,10 @@ log = logging.getLogger("natsgate.http")
 
 HEAD_TIMEOUT_S = 10.0  # a connection that has not sent a whole request head by then goes
 BACKLOG = 128
+# a socket option; Linux's number (25) where Python's socket module does not name it
+TCP_NOTSENT_LOWAT: int | None = getattr(
+    socket, "TCP_NOTSENT_LOWAT", 25 if sys.platform.startswith("linux") else None
+)
 
 
 def origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...]) -> bool:
@@ -91,6 +97,25 @@ async def one_request(request: web.Request, response: web.StreamResponse) -> Non
     and size) rather than by aiohttp, which would wait for it without a limit."""
     response.force_close()
     response.headers["Connection"] = "close"  # the hook runs after aiohttp wrote its own
+
+
+def bound_unsent(t: asyncio.BaseTransport, limit: int) -> None:
+    """Let the kernel take at most ``limit`` bytes not yet sent on this socket (Linux,
+    macOS: ``TCP_NOTSENT_LOWAT``); past them, send() says EAGAIN and the rest waits in
+    the connection's outbox, where a stalled client is seen (contract section 5).
+
+    Without it Linux grows the send buffer up to ``net.ipv4.tcp_wmem``'s maximum (4 MiB
+    by default): kernel memory per stalled client on top of ``OUTBOX_BYTES``, and a
+    verdict that comes only after it filled. Bytes in flight are not counted, so the
+    buffer is still autotuned for them (unlike ``SO_SNDBUF``, which fixes its size).
+    See docs/benchmarks.md, "A stalled client's kernel buffer"."""
+    sock = t.get_extra_info("socket")
+    if not limit or TCP_NOTSENT_LOWAT is None or sock is None:
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, limit)
+    except OSError as exc:  # not TCP (a Unix socket), or a kernel without the option
+        log.debug("TCP_NOTSENT_LOWAT not set: %s", exc)
 
 
 class Front(asyncio.Protocol):
@@ -178,6 +203,7 @@ class Front(asyncio.Protocol):
         except HeadError as err:
             self._refuse(err)
             return
+        bound_unsent(t, gw.config.notsent_lowat_bytes)
         t.write(switching(accept))
         conn = WsConnection(t, gw.config.max_frame_bytes)
         t.set_protocol(conn)

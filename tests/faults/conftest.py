@@ -185,6 +185,7 @@ class GatewayProc:
             "NATS_URL": nats_url,
             "AUTH_BUCKET": unique("caps_"),
             "AUTH_CREDS_BUCKET": unique("creds_"),
+            "AUTH_REVOKED_BUCKET": unique("revoked_"),
             **(env or {}),
         }
         self.proc: subprocess.Popen[bytes] | None = None

@@ -137,7 +137,9 @@ async def test_slow_reader_is_cut_off_others_keep_latency_memory_bounded(
     n_fast, rate, pad = 100, 50, 6000
     outbox = 64 * 1024
     gw: GatewayProc = gateway_procs(
-        nats_server.url, env={"OUTBOX_BYTES": str(outbox), "BACKPRESSURE_MS": "250"}
+        nats_server.url,
+        # 101 connections of one user: MAX_CONNS_PER_USER has a test of its own
+        env={"OUTBOX_BYTES": str(outbox), "BACKPRESSURE_MS": "250", "MAX_CONNS_PER_USER": "0"},
     )
     await gw.astart()
     await gw.wait_healthy()

@@ -427,7 +427,8 @@ async def start_target(
     argv = [*exe, "serve", "--host", "127.0.0.1", "--port", str(port), "--log", "warn"]
     if t.workers > 1:
         argv += ["--workers", str(t.workers)]
-    env.update(JWT_SECRET=SECRET, NATS_URL=nats.url)
+    # every load-generator client is BENCH_USER: the per-user connection limit is off
+    env.update(JWT_SECRET=SECRET, NATS_URL=nats.url, MAX_CONNS_PER_USER="0")
     if NATSGATE_SRC is not None:  # --natsgate-src: that tree's natsgate, not the checkout's
         env["PYTHONPATH"] = f"{NATSGATE_SRC}{os.pathsep}{ROOT}"
     srv = Server(t.name, argv, run_dir / f"{t.name}.log", env, run_dir)

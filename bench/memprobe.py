@@ -69,7 +69,13 @@ async def _clients(port: int, token: str, n: int) -> asyncio.subprocess.Process:
 
 async def main(n: int) -> None:
     nats = NatsServer(store_dir=Path(tempfile.mkdtemp(prefix="natsgate-memprobe-"))).start()
-    cfg = Config(host="127.0.0.1", port=0, nats_urls=(nats.client_url,), jwt_secret="p" * 32)
+    cfg = Config(
+        host="127.0.0.1",
+        port=0,
+        nats_urls=(nats.client_url,),
+        jwt_secret="p" * 32,
+        max_conns_per_user=0,  # every probe client is one user
+    )
     gw = Gateway(cfg)
     await gw.start()
     await gw.ready.wait()

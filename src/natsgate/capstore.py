@@ -33,9 +33,9 @@ from nats.aio.msg import Msg
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
-from .bridges.kv import kv_op
 from .bridges.reader import Delivery, Reader, Start
 from .capabilities import NONE, Capabilities
+from .kvmsg import kv_op
 from .upstream import Upstream
 
 log = logging.getLogger("natsgate.caps")
@@ -126,7 +126,7 @@ class CapStore:
         user = msg.subject[len(self._prefix) :]
         u = self._users.get(user)
         if u is not None:
-            caps = _parse(user, msg.data) if kv_op(msg) == "PUT" else NONE
+            caps = _parse(user, msg.data) if kv_op(msg.headers) == "PUT" else NONE
             self._apply(u, caps, d.stream_seq)
         if self._marks:
             self._reached(d.stream_seq)

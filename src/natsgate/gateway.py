@@ -19,23 +19,13 @@ from .config import Config
 from .errors import CloseCode
 from .hashpool import HashPool
 from .hub import Hub
-from .metrics import Metrics
+from .metrics import Metrics, Traffic
 from .outbox import Flusher
 from .revocations import Revocations
 from .session import Session
 from .upstream import Upstream
 
 log = logging.getLogger("natsgate")
-
-
-class Traffic:
-    """Counters bumped per frame written or read: plain ints, cheaper than Prometheus'
-    locks."""
-
-    __slots__ = ("bytes", "bytes_in", "envelopes", "frames", "frames_in")
-
-    def __init__(self) -> None:
-        self.frames = self.bytes = self.envelopes = self.frames_in = self.bytes_in = 0
 
 
 class Gateway:
@@ -59,8 +49,8 @@ class Gateway:
         self.hasher = HashPool(self.passwords)
         self.throttle = Throttle()
         self.sessions: set[Session] = set()
-        self.flusher = Flusher()
         self.traffic = Traffic()
+        self.flusher = Flusher(self.traffic)
         self._exported = Traffic()
         self.conns_by_ip: Counter[str] = Counter()
         self.by_user: defaultdict[str, set[Session]] = defaultdict(set)

@@ -50,3 +50,13 @@ class Metrics:
             "natsgate_nats_connected", "1 while NATS is connected", registry=r
         )
         self.logins = Counter("natsgate_logins_total", "Login attempts", ["outcome"], registry=r)
+
+
+class Traffic:
+    """Counters bumped per frame written or read: plain ints, cheaper than Prometheus'
+    locks; the gateway moves them into :class:`Metrics` at scrape time."""
+
+    __slots__ = ("bytes", "bytes_in", "envelopes", "frames", "frames_in")
+
+    def __init__(self) -> None:
+        self.frames = self.bytes = self.envelopes = self.frames_in = self.bytes_in = 0

@@ -2,8 +2,9 @@
 
 Producers (fan-out, bridges, replies) call :meth:`Outbox.push`, which never blocks: fan-out
 must not wait on one slow socket (centrifuge ``writer.go``).  A push marks the outbox ready;
-the :class:`Flusher` then writes every ready outbox once, at the end of the current event
-loop step: everything queued goes out as one newline-joined frame.  So an idle socket gets
+the :class:`Flusher` then has every ready outbox write itself to its :class:`Sink` (the
+connection's socket) once, at the end of the current event loop step: everything queued
+goes out as one newline-joined frame.  So an idle socket gets
 each message at once, a busy one gets batches, and no task per connection is woken per
 message (nor kept in memory).  When the queue has stayed over its byte bound for
 ``backpressure_s`` (a frame "could not be queued within 250 ms"), or grows past a hard
@@ -18,8 +19,17 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
+from .metrics import Traffic
+
 NEWLINE = b"\n"
 log = logging.getLogger("natsgate.outbox")
+
+
+class Sink(Protocol):
+    """Where an outbox's frames go: one connection's socket."""
+
+    def write(self, frame: bytes) -> bool: ...  # one text frame; False: congested
+    async def drained(self) -> None: ...  # until the socket takes writes again
 
 
 class OutboxClosed(Exception):
@@ -29,12 +39,16 @@ class OutboxClosed(Exception):
 class Outbox:
     __slots__ = (
         "_closed",
+        "_congested",
+        "_drain",
+        "_flusher",
         "_frames",
         "_hard_limit",
         "_loop",
-        "_on_ready",
+        "_on_gone",
         "_on_slow",
         "_ready",
+        "_sink",
         "_timer",
         "_watermarks",
         "backpressure_s",
@@ -51,16 +65,24 @@ class Outbox:
         backpressure_s: float,
         on_slow: Callable[[], None],
         *,
-        on_ready: Callable[[], None] | None = None,
+        sink: Sink | None = None,
+        flusher: Flusher | None = None,
+        on_gone: Callable[[], None] | None = None,
         max_batch: int = 65_536,
     ) -> None:
+        """``sink`` and ``flusher``: where and when to write (without them, a bare queue
+        that is read with :meth:`next_batch`); ``on_gone``: the socket failed."""
         self.limit = limit  # bytes queued before the backpressure clock starts
         self._hard_limit = limit * 4  # past this, the verdict is immediate
         self.backpressure_s = backpressure_s
         self.max_batch = max_batch  # bytes per outgoing frame (a larger single envelope goes alone)
         self._on_slow = on_slow
-        self._on_ready = on_ready  # told once per flush round that something is queued
-        self._ready = False
+        self._sink = sink
+        self._flusher = flusher
+        self._on_gone = on_gone
+        self._ready = False  # handed to the flusher for this round
+        self._congested = False  # the socket's buffer is full: wait for it to drain
+        self._drain: asyncio.Task[None] | None = None
         self._frames: deque[bytes] = deque()
         self.size = 0
         self.pushed = 0  # frames ever pushed
@@ -81,9 +103,9 @@ class Outbox:
         self._frames.append(frame)
         self.size += len(frame)
         self.pushed += 1
-        if not self._ready and self._on_ready is not None:
+        if not self._ready and self._flusher is not None:
             self._ready = True
-            self._on_ready()
+            self._flusher.add(self)
         if self.size > self.limit:
             if self.size > self._hard_limit:
                 self._slow()
@@ -100,17 +122,44 @@ class Outbox:
             self.close()
             self._on_slow()
 
-    def flush(self, write: Callable[[bytes, int], bool]) -> bool:
-        """Write everything queued, in frames of up to ``max_batch`` bytes. ``write``
-        returns False when the socket is congested: then stop and return False, the rest
-        waits for the socket to drain (and counts towards backpressure)."""
+    def write_out(self, traffic: Traffic) -> None:
+        """The flusher's call: write everything queued to the sink, in frames of up to
+        ``max_batch`` bytes. When the socket is congested (its write returns False), the
+        rest waits until it drains, and counts towards backpressure meanwhile."""
         self._ready = False
-        while (batch := self.next_batch()) is not None:
-            ok = write(*batch)
-            self.sent(batch[1])
-            if not ok:
-                return False
-        return True
+        sink = self._sink
+        if self._congested or self._closed or sink is None:
+            return
+        try:
+            while (batch := self.next_batch()) is not None:
+                frame, count = batch
+                traffic.frames += 1
+                traffic.bytes += len(frame)
+                traffic.envelopes += count
+                ok = sink.write(frame)
+                self.sent(count)
+                if not ok:
+                    self._congested = True
+                    self._drain = self._loop.create_task(self._drained(sink, traffic))
+                    return
+        except (ConnectionError, RuntimeError, OSError) as exc:
+            log.debug("send failed: %r", exc)
+            self._gone()
+
+    async def _drained(self, sink: Sink, traffic: Traffic) -> None:
+        try:
+            await sink.drained()
+        except (ConnectionError, RuntimeError, OSError):
+            self._gone()
+            return
+        finally:
+            self._drain = None
+        self._congested = False
+        self.write_out(traffic)
+
+    def _gone(self) -> None:
+        if self._on_gone is not None and not self._closed:
+            self._on_gone()
 
     def next_batch(self) -> tuple[bytes, int] | None:
         """Up to ``max_batch`` bytes of queued envelopes as one newline-joined frame, and how
@@ -170,6 +219,9 @@ class Outbox:
         self._closed = True
         self._frames.clear()
         self.size = 0
+        if self._drain is not None:
+            self._drain.cancel()
+            self._drain = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -180,23 +232,20 @@ class Outbox:
         self._watermarks = []
 
 
-class Flushable(Protocol):
-    def flush(self) -> None: ...
-
-
 class Flusher:
     """Writes every outbox that became ready during this event loop step, once, right
     after it: fan-out of one NATS message to N sockets is N pushes and one pass of writes,
     and a burst of messages handled in one step leaves as one frame per socket."""
 
-    __slots__ = ("_loop", "_ready", "_scheduled")
+    __slots__ = ("_loop", "_ready", "_scheduled", "traffic")
 
-    def __init__(self) -> None:
+    def __init__(self, traffic: Traffic) -> None:
         self._loop = asyncio.get_running_loop()
-        self._ready: list[Flushable] = []
+        self._ready: list[Outbox] = []
         self._scheduled = False
+        self.traffic = traffic  # what was written, counted as plain ints
 
-    def add(self, item: Flushable) -> None:
+    def add(self, item: Outbox) -> None:
         self._ready.append(item)
         if not self._scheduled:
             self._scheduled = True
@@ -205,8 +254,9 @@ class Flusher:
     def _run(self) -> None:
         self._scheduled = False
         ready, self._ready = self._ready, []
+        traffic = self.traffic
         for item in ready:
             try:
-                item.flush()
+                item.write_out(traffic)
             except Exception:  # one broken connection must not stall the others
                 log.exception("flushing %r failed", item)

@@ -35,8 +35,8 @@ from nats.js.errors import (
 from nats.js.kv import KeyValue
 
 from .auth import Identity
-from .bridges.kv import kv_op
 from .bridges.reader import Delivery, Reader, Start
+from .kvmsg import kv_op
 from .upstream import Upstream
 
 log = logging.getLogger("natsgate.revocations")
@@ -146,7 +146,7 @@ class Revocations:
             if self._reader is not None:
                 self._reader.wake()
         key = msg.subject[len(self._prefix) :]
-        gone = kv_op(msg) != "PUT"
+        gone = kv_op(msg.headers) != "PUT"
         try:
             if key.startswith(TOKEN):
                 if gone:

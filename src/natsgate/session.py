@@ -34,13 +34,6 @@ INBOX_HIGH, INBOX_HIGH_BYTES = 64, 65_536
 INBOX_LOW, INBOX_LOW_BYTES = 8, 32_768
 
 
-def _really_cancelled() -> bool:
-    """Whether this task is being cancelled, as opposed to a CancelledError that a
-    transport raised from inside (aiohttp cancels its drain waiter on connection loss)."""
-    task = asyncio.current_task()
-    return task is None or task.cancelling() > 0
-
-
 class Transport(Protocol):
     """What a session needs from its WebSocket."""
 
@@ -102,7 +95,6 @@ class Session:
         "__weakref__",
         "_closed",
         "_cmds",
-        "_congested",
         "_ending",
         "_expiry",
         "_inq",
@@ -139,9 +131,10 @@ class Session:
             gw.config.outbox_bytes,
             gw.config.backpressure_ms / 1000,
             self._on_slow,
-            on_ready=self._on_ready,
+            sink=transport,
+            flusher=gw.flusher,
+            on_gone=self.disconnected,
         )
-        self._congested = False
         self.last_seen = time.monotonic()
         self._ping_sent: float | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -213,11 +206,6 @@ class Session:
             await asyncio.wait_for(self.transport.close(code, error[1] if error else ""), 1.0)
         except (TimeoutError, ConnectionError, RuntimeError, OSError) as exc:
             log.debug("closing %s: %r", self.user, exc)
-        except asyncio.CancelledError:
-            if _really_cancelled():
-                raise
-            # aiohttp cancels its drain waiter when the peer's transport goes away
-            log.debug("closing %s: the socket went away first", self.user)
         finally:
             self.state = State.CLOSED
             self.gw.detach(self)
@@ -271,44 +259,6 @@ class Session:
         """Its token was revoked (logout, ``natsgate user revoke``): close as on expiry."""
         log.info("closing %s (%s): token revoked", self.user, self.remote)
         self._close_soon(CloseCode.UNAUTHORIZED, (ErrorCode.UNAUTHORIZED, "token revoked"))
-
-    def _on_ready(self) -> None:
-        self.gw.flusher.add(self)
-
-    def flush(self) -> None:
-        """Write what is queued (the gateway's flusher calls this once per loop step)."""
-        if self._congested or self.state is not State.OPEN:
-            return
-        try:
-            done = self.outbox.flush(self._write)
-        except (ConnectionError, RuntimeError, OSError) as exc:
-            log.debug("send to %s failed: %r", self.user, exc)
-            self.disconnected()
-            return
-        if not done:  # the socket's buffer is full: the rest waits (and counts)
-            self._congested = True
-            self._spawn(self._drain(), "drain")
-
-    def _write(self, frame: bytes, count: int) -> bool:
-        t = self.gw.traffic
-        t.frames += 1
-        t.bytes += len(frame)
-        t.envelopes += count
-        return self.transport.write(frame)
-
-    async def _drain(self) -> None:
-        try:
-            await self.transport.drained()
-        except (ConnectionError, RuntimeError, OSError):
-            self._close_soon(CloseCode.GOING_AWAY)
-            return
-        except asyncio.CancelledError:
-            if _really_cancelled():
-                raise
-            self._close_soon(CloseCode.GOING_AWAY)  # the transport went away
-            return
-        self._congested = False
-        self.flush()
 
     def keepalive(self, now: float) -> None:
         """Called by the gateway's one sweeper (not a task per connection: memory): ping a

@@ -17,6 +17,7 @@ from nats.js.errors import NotFoundError
 
 from .. import protocol as p
 from ..errors import ErrorCode, ProtocolError
+from ..kvmsg import kv_op
 from ..upstream import Upstream
 from .reader import Delivery, Reader, Start
 
@@ -24,19 +25,6 @@ if TYPE_CHECKING:
     from ..session import Session
 
 SNAPSHOT_BATCH = 256
-
-
-def kv_op(msg: Msg) -> str:
-    headers = msg.headers or {}
-    op = headers.get("KV-Operation")
-    if op:
-        return op
-    reason = headers.get("Nats-Marker-Reason")  # nats-server 2.11+ TTL markers
-    if reason in ("MaxAge", "Purge"):
-        return "PURGE"
-    if reason == "Remove":
-        return "DEL"
-    return "PUT"
 
 
 class KvFeed:
@@ -60,7 +48,7 @@ class KvFeed:
         self.reader.on_remade = self._on_remade
 
     def _on_message(self, msg: Msg, d: Delivery) -> None:
-        op = kv_op(msg)
+        op = kv_op(msg.headers)
         if not (self.in_snapshot and op != "PUT"):  # a snapshot holds only live keys
             key = msg.subject[len(self._prefix) :]
             self._outbox.push(

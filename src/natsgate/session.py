@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from . import protocol as p
 from .auth import AuthError, Identity, verify_token
 from .bridges import core
+from .bridges.feed import Feed
 from .capabilities import Capabilities, Kind
 from .errors import CloseCode, ErrorCode, ProtocolError
 from .outbox import Outbox, OutboxClosed
@@ -43,15 +44,6 @@ class Transport(Protocol):
     async def close(self, code: int, reason: str) -> None: ...
     def pause_reading(self) -> None: ...
     def resume_reading(self) -> None: ...
-
-
-class Feed(Protocol):
-    """A KV watch or JetStream reader owned by a session (see ``bridges``)."""
-
-    async def start(self) -> dict[str, Any]: ...  # snapshot / set-up; extra reply fields
-    async def run(self) -> None: ...  # live delivery until cancelled
-    def halt(self) -> None: ...  # deliver nothing more, at once
-    async def stop(self) -> None: ...  # release what it holds on the NATS server
 
 
 class State(enum.Enum):
@@ -485,9 +477,9 @@ class Session:
                 )
         feed: Feed
         if isinstance(op, p.KvSub):  # open raises not_found / bad_request
-            feed, checked = await self.gw.kv.open(self, op)
+            feed, checked = await self.gw.kv.open(self.outbox, op)
         else:
-            feed, checked = await self.gw.js.open(self, op)
+            feed, checked = await self.gw.js.open(self.outbox, op)
         if not self.caps.allows(kind, op.target, checked, self.gw.reserved):
             raise denied
         sub = self._admit(kind, op.target, pattern, checked)

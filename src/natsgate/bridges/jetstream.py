@@ -3,25 +3,23 @@ order with no gap and no duplicate, also across NATS reconnects (contract §3)."
 
 from __future__ import annotations
 
-import weakref
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
 from .. import protocol as p
 from ..errors import ErrorCode, ProtocolError
+from ..outbox import Outbox
 from ..subjects import overlaps
 from ..upstream import Upstream
-from .reader import Delivery, Reader, Start
-
-if TYPE_CHECKING:
-    from ..session import Session
+from .feed import Bridge, Feed
+from .reader import Delivery, Start
 
 
-class JsFeed:
+class JsFeed(Feed):
     def __init__(
-        self, upstream: Upstream, session: Session, op: p.JsSub, first_seq: int, last_seq: int
+        self, upstream: Upstream, outbox: Outbox, op: p.JsSub, first_seq: int, last_seq: int
     ) -> None:
         self.stream = op.target
         self.first_seq = first_seq
@@ -29,20 +27,19 @@ class JsFeed:
         opts = op.opts
         self.start_seq = opts.start_seq or None
         self.filter = opts.filter
-        self._outbox = ob = session.outbox
-        self.reader = Reader(
+        super().__init__(
             upstream,
+            outbox,
             op.target,
             opts.filter,
             Start(seq=self.start_seq, time=opts.start_time),
             opts.batch,
             self._on_message,
-            lambda: ob.written_up_to(ob.pushed),
         )
 
     def _on_message(self, msg: Msg, d: Delivery) -> None:
         headers = dict(msg.headers) if msg.headers else None
-        self._outbox.push(
+        self.outbox.push(
             p.encode_js(
                 self.stream, d.stream_seq, msg.subject, msg.data, d.time, headers, sub=self.filter
             )
@@ -55,23 +52,9 @@ class JsFeed:
             extra["gap"] = True  # retention dropped what the client missed
         return extra
 
-    async def run(self) -> None:
-        await self.reader.pump()
 
-    def halt(self) -> None:
-        self.reader.halt()
-
-    async def stop(self) -> None:
-        await self.reader.stop()
-
-
-class JsBridge:
-    def __init__(self, upstream: Upstream) -> None:
-        self.upstream = upstream
-        self._feeds: weakref.WeakSet[JsFeed] = weakref.WeakSet()
-        upstream.on_reconnect(self._kick)
-
-    async def open(self, session: Session, op: p.JsSub) -> tuple[JsFeed, list[str]]:
+class JsBridge(Bridge):
+    async def open(self, outbox: Outbox, op: p.JsSub) -> tuple[JsFeed, list[str]]:
         """Look the stream up; the capability check covers the filter, or without one
         every subject of the stream."""
         try:
@@ -86,10 +69,6 @@ class JsBridge:
                 f"filter {flt!r} is outside the subjects of stream {op.target!r}",
             )
         state = info.state
-        feed = JsFeed(self.upstream, session, op, state.first_seq or 0, state.last_seq or 0)
-        self._feeds.add(feed)
+        feed = JsFeed(self.upstream, outbox, op, state.first_seq or 0, state.last_seq or 0)
+        self._track(feed)
         return feed, [flt] if flt is not None else subjects
-
-    async def _kick(self) -> None:
-        for feed in list(self._feeds):
-            feed.reader.reset()

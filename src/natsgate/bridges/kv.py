@@ -8,8 +8,7 @@ framed by ``RESYNC`` and ``SYNCED`` markers so a client can drop keys deleted me
 
 from __future__ import annotations
 
-import weakref
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from nats.aio.msg import Msg
 from nats.js import api
@@ -17,41 +16,39 @@ from nats.js.errors import NotFoundError
 
 from .. import protocol as p
 from ..errors import ErrorCode, ProtocolError
-from ..kvmsg import kv_op
+from ..kvmsg import PUT, kv_op
+from ..outbox import Outbox
 from ..upstream import Upstream
-from .reader import Delivery, Reader, Start
-
-if TYPE_CHECKING:
-    from ..session import Session
+from .feed import Bridge, Feed
+from .reader import Delivery, Start
 
 SNAPSHOT_BATCH = 256
 
 
-class KvFeed:
-    def __init__(self, upstream: Upstream, session: Session, bucket: str, pattern: str) -> None:
+class KvFeed(Feed):
+    def __init__(self, upstream: Upstream, outbox: Outbox, bucket: str, pattern: str) -> None:
         self.bucket = bucket
         self.pattern = pattern
         self._prefix = f"$KV.{bucket}."
-        self._outbox = ob = session.outbox
         self.in_snapshot = True
         self._resyncing = False
-        self.reader = Reader(
+        super().__init__(
             upstream,
+            outbox,
             f"KV_{bucket}",
             self._prefix + pattern,
             Start(last_per_subject=True),
             SNAPSHOT_BATCH,
             self._on_message,
-            lambda: ob.written_up_to(ob.pushed),
-            resume=False,
+            resume=False,  # after an outage: a fresh snapshot, between RESYNC and SYNCED
         )
         self.reader.on_remade = self._on_remade
 
     def _on_message(self, msg: Msg, d: Delivery) -> None:
         op = kv_op(msg.headers)
-        if not (self.in_snapshot and op != "PUT"):  # a snapshot holds only live keys
+        if not (self.in_snapshot and op != PUT):  # a snapshot holds only live keys
             key = msg.subject[len(self._prefix) :]
-            self._outbox.push(
+            self.outbox.push(
                 p.encode_kv(
                     self.bucket,
                     key,
@@ -70,12 +67,12 @@ class KvFeed:
         self.reader.wake()  # start() is waiting for this, with a pull still open
         if self._resyncing:
             self._resyncing = False
-            self._outbox.push(p.encode_kv_marker(self.bucket, "SYNCED", self.pattern))
+            self.outbox.push(p.encode_kv_marker(self.bucket, "SYNCED", self.pattern))
 
     def _on_remade(self, info: api.ConsumerInfo) -> None:
         self._resyncing = True
         self.in_snapshot = True
-        self._outbox.push(p.encode_kv_marker(self.bucket, "RESYNC", self.pattern))
+        self.outbox.push(p.encode_kv_marker(self.bucket, "RESYNC", self.pattern))
         if not info.num_pending:
             self._synced()
 
@@ -87,33 +84,14 @@ class KvFeed:
             await self.reader.pump(until=lambda: not self.in_snapshot)
         return {}
 
-    async def run(self) -> None:
-        await self.reader.pump()
 
-    def halt(self) -> None:
-        self.reader.halt()
-
-    async def stop(self) -> None:
-        await self.reader.stop()
-
-
-class KvBridge:
-    def __init__(self, upstream: Upstream) -> None:
-        self.upstream = upstream
-        self._feeds: weakref.WeakSet[KvFeed] = weakref.WeakSet()
-        upstream.on_reconnect(self._kick)
-
-    async def open(self, session: Session, op: p.KvSub) -> tuple[KvFeed, list[str]]:
+class KvBridge(Bridge):
+    async def open(self, outbox: Outbox, op: p.KvSub) -> tuple[KvFeed, list[str]]:
         """Check the bucket exists; the feed holds nothing on NATS until it starts."""
         try:
             await self.upstream.js.stream_info(f"KV_{op.target}")
         except NotFoundError:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"no bucket {op.target!r}") from None
-        feed = KvFeed(self.upstream, session, op.target, op.pattern)
-        self._feeds.add(feed)
+        feed = KvFeed(self.upstream, outbox, op.target, op.pattern)
+        self._track(feed)
         return feed, [op.pattern]
-
-    async def _kick(self) -> None:
-        """NATS is back: re-read every watched bucket now rather than after a heartbeat."""
-        for feed in list(self._feeds):
-            feed.reader.reset()

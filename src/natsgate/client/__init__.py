@@ -20,6 +20,7 @@ from typing import Unpack
 
 from ..errors import CLOSE_INFO, CloseAction, CloseCode, CloseInfo, close_action
 from .connection import Client, ClientOptions, TokenProvider
+from .reconnect import backoff_delay
 from .registry import CapUpdate
 from .subscriptions import (
     CoreSubscription,
@@ -37,7 +38,6 @@ from .wire import (
     Message,
     NatsgateError,
     ReconnectInfo,
-    backoff_delay,
 )
 
 

@@ -13,7 +13,6 @@ import base64
 import itertools
 import json
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
@@ -23,8 +22,9 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 import msgspec
 
-from ..errors import CLOSE_INFO, CloseAction, CloseCode, close_action
+from ..errors import CloseCode
 from .events import Emitter
+from .reconnect import Closed, Outcome, Policy, Refused, Retry, Unreachable, Verdict, decide
 from .registry import Registry, S
 from .subscriptions import (
     AnySubscription,
@@ -45,7 +45,6 @@ from .wire import (
     NatsgateError,
     Op,
     ReconnectInfo,
-    backoff_delay,
     decode_any,
     decode_cap_update,
     decode_envelope,
@@ -149,9 +148,9 @@ class Client(Emitter):
         self._token = token
         self._token_provider = token_provider
         self._headers = dict(headers or {})
-        self._min_backoff = min_backoff
-        self._max_backoff = max(max_backoff, min_backoff)
-        self._stable_after = stable_after
+        self._policy = Policy(
+            min_backoff, max(max_backoff, min_backoff), stable_after, token_provider is not None
+        )
         self._connect_timeout = connect_timeout
         self._heartbeat = heartbeat
         self._grace = timeout_grace
@@ -166,7 +165,7 @@ class Client(Emitter):
         self._opened_at = 0.0
         self._ever_opened = False
         self._token_stale = token is None  # ask the provider before the next dial
-        self._attempts = 0
+        self._attempts = 0  # of the current reconnect, as reconnect.decide counts them
         self._error: NatsgateError | None = None  # why the client is CLOSED
         self.last_failure = ""  # why the latest attempt or connection ended, for people
         self._saw_unauthorized = False
@@ -360,52 +359,35 @@ class Client(Emitter):
     # ================================================================== the connection
 
     async def _run(self) -> None:
-        """Dial, serve, and re-dial with backoff until closed (contract sections 2, 5)."""
-        auth_retried = False  # a token refusal already made us ask the provider again
+        """Dial, serve, and re-dial until closed, as :func:`reconnect.decide` says after
+        each attempt (contract sections 2, 5)."""
+        retry = Retry()
         try:
             while True:
-                code, reason, open_for = await self._attempt()
+                outcome = await self._attempt()
                 if self._state is ClientState.CLOSED:
                     return
-                if open_for is not None:
-                    auth_retried = False
-                    self._token_stale = True
-                action = close_action(code)
-                if code in (401, 403):  # the upgrade was refused
-                    if code == 403 or not self._ever_opened or self._token_provider is None:
-                        kind = "unauthorized" if code == 401 else "forbidden"
-                        self._shut(NatsgateError(kind, f"upgrade refused: {reason}"), emit=True)
-                        return
-                    if auth_retried:
-                        self._shut(NatsgateError("unauthorized", "fresh token refused"), emit=True)
-                        return
-                    auth_retried = self._token_stale = True
-                elif action is CloseAction.STOP:
-                    why = reason or CLOSE_INFO[CloseCode(code)].meaning
-                    err = NatsgateError("forbidden", f"closed by the gateway ({code}): {why}")
-                    self._emit("disconnect", DisconnectInfo(code, reason, None))
-                    self._shut(err, emit=True)
+                decision = decide(outcome, retry, self._policy)
+                retry = decision.retry
+                self._attempts = retry.attempt
+                closed = outcome if isinstance(outcome, Closed) else None
+                if decision.verdict is Verdict.STOP:
+                    if closed is not None:
+                        self._emit("disconnect", DisconnectInfo(closed.code, closed.reason, None))
+                    # an `error` envelope may have said `unauthorized` before the 4001
+                    said = closed is not None and closed.code == CloseCode.UNAUTHORIZED
+                    err = NatsgateError(decision.error, decision.message)
+                    self._shut(err, emit=not (said and self._saw_unauthorized))
                     return
-                elif action is CloseAction.AUTH:
-                    if self._token_provider is None:
-                        err = NatsgateError("unauthorized", reason or "token expired")
-                        self._emit("disconnect", DisconnectInfo(code, reason, None))
-                        self._shut(err, emit=not self._saw_unauthorized)
-                        return
-                    auth_retried = True
-                if open_for is not None and open_for >= self._stable_after:
-                    self._attempts = 0
-                if action is CloseAction.PROMPT:
-                    self._attempts = 0
-                    delay = random.uniform(0, self._min_backoff)
-                else:
-                    delay = backoff_delay(self._attempts, self._min_backoff, self._max_backoff)
-                self._attempts += 1
+                delay = decision.delay
+                assert delay is not None  # reconnecting
+                if decision.verdict is Verdict.NEW_TOKEN:
+                    self._token_stale = True
                 if self._state is ClientState.OPEN:
                     self._transition(ClientState.RECONNECTING)
-                if open_for is not None:
-                    self._emit("disconnect", DisconnectInfo(code, reason, delay))
-                log.debug("natsgate: reconnecting in %.2fs after %s %s", delay, code, reason)
+                if closed is not None and closed.open_for is not None:
+                    self._emit("disconnect", DisconnectInfo(closed.code, closed.reason, delay))
+                log.debug("natsgate: reconnecting in %.2fs after %r", delay, outcome)
                 await asyncio.sleep(delay)
         except Exception as exc:  # a bug: say so and stop rather than hang
             log.exception("natsgate client failed")
@@ -413,15 +395,14 @@ class Client(Emitter):
         finally:
             await self._release()
 
-    async def _attempt(self) -> tuple[int, str, float | None]:
-        """One connection: (close code or refused HTTP status, reason, seconds it was
-        OPEN or None if it never was)."""
+    async def _attempt(self) -> Outcome:
+        """One connection, from dialing until its socket is gone."""
         assert self._session is not None
         try:
             token = await self._next_token()
         except Exception as exc:
             self._emit("error", NatsgateError("unauthorized", f"token_provider failed: {exc!r}"))
-            return 1006, "no token", None
+            return Unreachable("no token")
         headers = dict(self._headers)
         if token:
             headers["Authorization"] = f"Bearer {token}"
@@ -438,11 +419,11 @@ class Client(Emitter):
         except aiohttp.WSServerHandshakeError as exc:
             self.last_failure = f"upgrade refused: {exc.status} {exc.message}"
             log.debug("natsgate: %s", self.last_failure)
-            return exc.status, exc.message, None
+            return Refused(exc.status, exc.message)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             self.last_failure = f"cannot connect: {exc!r}"
             log.debug("natsgate: %s", self.last_failure)
-            return 1006, repr(exc), None
+            return Unreachable(repr(exc))
         self._ws = ws
         self._conn_open = False
         self._saw_unauthorized = False
@@ -454,7 +435,7 @@ class Client(Emitter):
         self._ws_gone(code, reason)
         self._ws = None
         await ws.close()
-        return code, reason, open_for
+        return Closed(code, reason, open_for)
 
     async def _next_token(self) -> str | None:
         """The token for a dial: as given at first; from the provider (when there is one)

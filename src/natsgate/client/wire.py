@@ -1,16 +1,14 @@
 """The client's side of the envelope (contract section 3), and its pure rules.
 
-No I/O: decoding server frames, encoding client ops, payload decoding and the reconnect
-backoff.  What to do after each close code is the gateway's own table
-(:data:`natsgate.errors.CLOSE_INFO`, :func:`natsgate.errors.close_action`).  The public
-message types are here too, because they are what a decoded frame becomes.
+No I/O: decoding server frames, encoding client ops, payload decoding.  The public
+message types are here too, because they are what a decoded frame becomes.  What to do
+after a close is in ``reconnect``.
 """
 
 from __future__ import annotations
 
 import base64
 import enum
-import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,24 +40,6 @@ class NatsgateError(Exception):
         self.code = code
         self.message = message
         self.target = target
-
-
-# --------------------------------------------------------------------------- backoff
-
-
-def backoff_delay(
-    attempt: int, min_backoff: float, max_backoff: float, rand: float | None = None
-) -> float:
-    """Seconds before reconnect attempt ``attempt`` (0 for the first retry).
-
-    Full jitter over an exponential window, with a floor: ``min + U(0, 1) * window`` where
-    the window doubles per attempt up to ``max_backoff``; the result is capped at
-    ``max_backoff``.  Jitter over the whole window spreads a crowd of clients dropped
-    together by a restart; the floor keeps a flapping gateway from being hit at 0 ms.
-    """
-    window = min(max_backoff, min_backoff * 2 ** min(max(attempt, 0), 30))
-    r: float = random.random() if rand is None else rand
-    return float(min(max_backoff, min_backoff + r * window))
 
 
 # --------------------------------------------------------------------------- public types

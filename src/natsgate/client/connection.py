@@ -201,7 +201,7 @@ class Client(Emitter):
         """Begin connecting (``connect()`` does this and waits for :meth:`ready`)."""
         if self._run_task is None and self._state is not ClientState.CLOSED:
             self._session = aiohttp.ClientSession()
-            self._run_task = self._spawn(self._run(), "natsgate-client")
+            self._run_task = self.spawn(self._run(), "natsgate-client")
 
     async def ready(self) -> None:
         """Wait until the client is OPEN (a socket is up and its first ``cap_update`` has
@@ -313,7 +313,8 @@ class Client(Emitter):
 
     # ================================================================== tasks, events
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """Run ``coro`` in a task the client owns: :meth:`close` cancels it."""
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -516,7 +517,7 @@ class Client(Emitter):
         exp = token_expiry(self._token)
         if self._token_provider is None or exp is None or self._refresh_before is None:
             return
-        self._refresher = self._spawn(self._refresh_at(exp - self._refresh_before), "refresh")
+        self._refresher = self.spawn(self._refresh_at(exp - self._refresh_before), "refresh")
 
     async def _refresh_at(self, when: float) -> None:
         await asyncio.sleep(max(0.0, when - time.time()))
@@ -610,11 +611,12 @@ class Client(Emitter):
         try:
             await asyncio.shield(sub._first)
         except asyncio.CancelledError:
-            self._spawn(self._unsubscribe(sub), "unsubscribe")
+            self.spawn(self.unsubscribe(sub), "unsubscribe")
             raise
         return sub
 
-    async def _unsubscribe(self, sub: Subscription[Any]) -> None:
+    async def unsubscribe(self, sub: Subscription[Any]) -> None:
+        """End ``sub`` here at once and at the gateway (what ``sub.unsubscribe()`` does)."""
         if sub.ended or sub not in self._subs:
             return
         assert isinstance(sub, AnySubscription)

@@ -23,7 +23,7 @@ class Emitter(abc.ABC):
     _listeners: dict[str, list[Callable[[Any], object]]]
 
     @abc.abstractmethod
-    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> Any:
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> Any:
         """Start ``coro`` as a task owned (and ended) by the client."""
 
     @overload
@@ -74,7 +74,7 @@ class Emitter(abc.ABC):
                 log.exception("%s listener failed", event)
                 continue
             if inspect.iscoroutine(result):
-                self._spawn(self._guard(result, event), f"on-{event}")
+                self.spawn(self._guard(result, event), f"on-{event}")
 
     @staticmethod
     async def _guard(coro: Coroutine[Any, Any, Any], event: str) -> None:

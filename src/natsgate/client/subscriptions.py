@@ -15,15 +15,12 @@ import enum
 import inspect
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from ..subjects import match
 from .wire import JsMessage, KvEvent, KvWire, Message, NatsgateError, Op
-
-if TYPE_CHECKING:
-    from .connection import Client
 
 log = logging.getLogger("natsgate.client")
 
@@ -39,6 +36,15 @@ class SubState(enum.Enum):
     REVOKED = "revoked"  # a cap_update took the permission away
 
 
+class Owner(Protocol):
+    """What a subscription needs from its client (``Client`` is one): a task that ends
+    with the client, and a way to end the subscription at the gateway."""
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]: ...
+
+    async def unsubscribe(self, sub: Subscription[Any]) -> None: ...
+
+
 def matches(pattern: str, subject: str) -> bool:
     """NATS matching; ``>`` alone matches everything (KV keys and stream subjects are not
     subject to the contract's ``_INBOX``/``$`` rule, which is about grants)."""
@@ -51,7 +57,7 @@ class Subscription(Generic[M]):
     op: ClassVar[str]
     unop: ClassVar[str]
 
-    def __init__(self, client: Client, target: str, pattern: str, handler: Handler[M]) -> None:
+    def __init__(self, client: Owner, target: str, pattern: str, handler: Handler[M]) -> None:
         self.target = target
         self.pattern = pattern
         self.state = SubState.SUBSCRIBING
@@ -79,7 +85,7 @@ class Subscription(Generic[M]):
 
     async def unsubscribe(self) -> None:
         """End it here at once (the handler is not called again) and at the gateway."""
-        await self._client._unsubscribe(self)
+        await self._client.unsubscribe(self)
 
     # ---------------------------------------------------------------- wire
 
@@ -148,7 +154,7 @@ class Subscription(Generic[M]):
 
     def _start_worker(self, first: Any = None) -> None:
         self._wake = asyncio.Event()
-        self._worker = self._client._spawn(self._work(first), f"handler:{self.target}")
+        self._worker = self._client.spawn(self._work(first), f"handler:{self.target}")
 
     async def _work(self, first: Any) -> None:
         if first is not None:
@@ -184,7 +190,7 @@ class CoreSubscription(Subscription[Message]):
     op = "sub"
     unop = "unsub"
 
-    def __init__(self, client: Client, subject: str, handler: Handler[Message]) -> None:
+    def __init__(self, client: Owner, subject: str, handler: Handler[Message]) -> None:
         super().__init__(client, subject, subject, handler)
 
     @property
@@ -206,7 +212,7 @@ class KvSubscription(Subscription[KvEvent]):
     unop = "kv_unsub"
 
     def __init__(
-        self, client: Client, bucket: str, pattern: str | None, handler: Handler[KvEvent]
+        self, client: Owner, bucket: str, pattern: str | None, handler: Handler[KvEvent]
     ) -> None:
         super().__init__(client, bucket, pattern or ">", handler)
         self._revisions: dict[str, int] = {}
@@ -259,7 +265,7 @@ class JsSubscription(Subscription[JsMessage]):
 
     def __init__(
         self,
-        client: Client,
+        client: Owner,
         stream: str,
         handler: Handler[JsMessage],
         *,
@@ -324,6 +330,7 @@ __all__ = [
     "Handler",
     "JsSubscription",
     "KvSubscription",
+    "Owner",
     "SubState",
     "Subscription",
 ]

@@ -19,7 +19,8 @@ import asyncio
 from typing import Unpack
 
 from ..errors import CLOSE_INFO, CloseAction, CloseCode, CloseInfo, close_action
-from .connection import Client, ClientOptions, TokenProvider
+from .client import Client
+from .connection import ClientOptions, TokenProvider
 from .reconnect import backoff_delay
 from .registry import CapUpdate
 from .subscriptions import (

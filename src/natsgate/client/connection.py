@@ -1,4 +1,5 @@
-"""The client: one WebSocket at a time, its state machine, and the ops awaiting answers.
+"""Under the client's public API: one WebSocket at a time, its state machine, and the ops
+awaiting answers (the public methods are in ``client.py``).
 
 One task (``_run``) dials, reads and re-dials; it calls plain-function handlers inline
 while it reads, so the per-message path is one msgspec decode, one dict lookup and one
@@ -15,7 +16,6 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from datetime import datetime
 from typing import Any, Literal, TypedDict
 from urllib.parse import urlsplit, urlunsplit
 
@@ -28,10 +28,7 @@ from .reconnect import Closed, Outcome, Policy, Refused, Retry, Unreachable, Ver
 from .registry import Registry, S
 from .subscriptions import (
     AnySubscription,
-    CoreSubscription,
-    Handler,
     JsSubscription,
-    KvSubscription,
     Subscription,
     SubState,
 )
@@ -39,9 +36,6 @@ from .wire import (
     ClientState,
     DisconnectInfo,
     Envelope,
-    JsMessage,
-    KvEvent,
-    Message,
     NatsgateError,
     Op,
     ReconnectInfo,
@@ -50,7 +44,6 @@ from .wire import (
     decode_envelope,
     encode,
     error_from,
-    payload,
 )
 
 log = logging.getLogger("natsgate.client")
@@ -59,8 +52,8 @@ TokenProvider = Callable[[], Awaitable[str | None]]
 
 
 class ClientOptions(TypedDict, total=False):
-    """The keyword options of :class:`Client` (and :func:`natsgate.client.connect`); their
-    defaults are in ``Client.__init__`` alone."""
+    """The keyword options of ``Client`` (and :func:`natsgate.client.connect`); their
+    defaults are in ``Connection.__init__`` alone."""
 
     token: str | None
     token_provider: TokenProvider | None
@@ -126,8 +119,8 @@ class _SubOp:
         self.sub = sub
 
 
-class Client(Emitter):
-    """Use :func:`natsgate.client.connect`; see ``docs/python-client.md``."""
+class Connection(Emitter):
+    """Everything under :class:`~natsgate.client.client.Client`'s public methods."""
 
     def __init__(
         self,
@@ -178,30 +171,7 @@ class Client(Emitter):
         self._listeners = {}
         self._subs = Registry()
 
-    # ================================================================== public
-
-    @property
-    def connect_timeout(self) -> float:
-        return self._connect_timeout
-
-    @property
-    def state(self) -> ClientState:
-        return self._state
-
-    @property
-    def caps(self) -> dict[str, Any]:
-        """The capabilities of the latest ``cap_update``."""
-        return self._caps
-
-    @property
-    def subscriptions(self) -> list[AnySubscription]:
-        return list(self._subs)
-
-    def start(self) -> None:
-        """Begin connecting (``connect()`` does this and waits for :meth:`ready`)."""
-        if self._run_task is None and self._state is not ClientState.CLOSED:
-            self._session = aiohttp.ClientSession()
-            self._run_task = self.spawn(self._run(), "natsgate-client")
+    # ================================================================== state
 
     async def ready(self) -> None:
         """Wait until the client is OPEN (a socket is up and its first ``cap_update`` has
@@ -218,98 +188,6 @@ class Client(Emitter):
         finally:
             if fut in self._waiters:
                 self._waiters.remove(fut)
-
-    async def subscribe(self, subject: str, handler: Handler[Message]) -> CoreSubscription:
-        """A core subscription; returns once the gateway confirmed it."""
-        return await self._add(CoreSubscription(self, subject, handler))
-
-    async def kv_subscribe(
-        self, bucket: str, pattern: str | None, handler: Handler[KvEvent]
-    ) -> KvSubscription:
-        """Watch the keys of ``bucket`` matching ``pattern`` (None: all). Current values
-        reach ``handler`` (``snapshot=True``) before this returns."""
-        return await self._add(KvSubscription(self, bucket, pattern, handler))
-
-    async def js_subscribe(
-        self,
-        stream: str,
-        handler: Handler[JsMessage],
-        *,
-        start_seq: int | None = None,
-        start_time: datetime | str | None = None,
-        batch: int | None = None,
-        filter: str | None = None,
-    ) -> JsSubscription:
-        """Ordered delivery from ``stream``: from ``start_seq`` (inclusive), from
-        ``start_time``, or (neither) only messages stored from now on. Its ``reply_data``
-        holds the stream's ``first_seq``, ``last_seq`` and ``gap``."""
-        sub = JsSubscription(
-            self,
-            stream,
-            handler,
-            start_seq=start_seq,
-            start_time=start_time,
-            batch=batch,
-            filter=filter,
-        )
-        return await self._add(sub)
-
-    async def publish(self, subject: str, data: Any = None, *, ack: bool = True) -> None:
-        """Publish ``data`` (sent to NATS as its JSON encoding). With ``ack`` wait until
-        the gateway has handed it to NATS; without, only until it is written out."""
-        op = Op("pub", target=subject, data=data)
-        if ack:
-            await self._request(op, REQUEST_TIMEOUT)
-            return
-        await self._wait_open(REQUEST_TIMEOUT)
-        self._out.append(encode(op))
-        await self._flush()
-
-    async def command(
-        self,
-        subject: str,
-        data: Any = None,
-        *,
-        timeout: float = 5.0,  # noqa: ASYNC109 - the gateway's timeout_ms, sent on the wire
-    ) -> Any:
-        """A NATS request through the gateway; returns the responder's payload (bytes if
-        it was not text). ``timeout`` (seconds) is the gateway's wait for the responder;
-        the client gives up ``timeout`` + 1 s after sending. Raises NatsgateError:
-        ``timeout``, ``no_responders``, ``forbidden``, ``disconnected`` (the socket was
-        lost meanwhile), ..."""
-        op = Op("cmd", target=subject, data=data, timeout_ms=max(1, round(timeout * 1000)))
-        env = await self._request(op, timeout)
-        return payload(decode_any(env.data), env.enc)
-
-    async def refresh_token(self, token: str) -> None:
-        """The ``auth`` op: extend this connection with a fresh token for the same user;
-        also used for reconnects from now on (unless a token_provider is set)."""
-        await self._request(Op("auth", data={"token": token}), REQUEST_TIMEOUT)
-        self._token = token
-
-    async def ping(self) -> float:
-        """A protocol-level round trip; returns its duration in seconds."""
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        await self._request(Op("ping"), REQUEST_TIMEOUT)
-        return loop.time() - started
-
-    async def close(self) -> None:
-        """Close for good: pending ops fail with ``closed``, every task ends."""
-        self._shut(NatsgateError("closed", "client closed"), emit=False)
-        current = asyncio.current_task()
-        tasks = [t for t in self._tasks if t is not current]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
-        await self._release()
-
-    async def __aenter__(self) -> Client:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     # ================================================================== tasks, events
 
@@ -519,13 +397,18 @@ class Client(Emitter):
             return
         self._refresher = self.spawn(self._refresh_at(exp - self._refresh_before), "refresh")
 
+    async def _auth(self, token: str) -> None:
+        """The ``auth`` op; the token is used for reconnects from now on."""
+        await self._request(Op("auth", data={"token": token}), REQUEST_TIMEOUT)
+        self._token = token
+
     async def _refresh_at(self, when: float) -> None:
         await asyncio.sleep(max(0.0, when - time.time()))
         assert self._token_provider is not None
         try:
             token = await self._token_provider()
             if token:
-                await self.refresh_token(token)
+                await self._auth(token)
         except NatsgateError as exc:
             self._emit("error", exc)
             return

@@ -1,0 +1,151 @@
+"""The client's public API: subscribe, publish, command, ping, close.
+
+The machinery under it (the socket, its run loop, the ops awaiting answers) is the
+:class:`~natsgate.client.connection.Connection` it extends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+
+from .connection import REQUEST_TIMEOUT, Connection
+from .subscriptions import (
+    AnySubscription,
+    CoreSubscription,
+    Handler,
+    JsSubscription,
+    KvSubscription,
+)
+from .wire import (
+    ClientState,
+    JsMessage,
+    KvEvent,
+    Message,
+    NatsgateError,
+    Op,
+    decode_any,
+    encode,
+    payload,
+)
+
+
+class Client(Connection):
+    """Use :func:`natsgate.client.connect`; see ``docs/python-client.md``."""
+
+    @property
+    def connect_timeout(self) -> float:
+        return self._connect_timeout
+
+    @property
+    def state(self) -> ClientState:
+        return self._state
+
+    @property
+    def caps(self) -> dict[str, Any]:
+        """The capabilities of the latest ``cap_update``."""
+        return self._caps
+
+    @property
+    def subscriptions(self) -> list[AnySubscription]:
+        return list(self._subs)
+
+    def start(self) -> None:
+        """Begin connecting (``connect()`` does this and waits for :meth:`ready`)."""
+        if self._run_task is None and self._state is not ClientState.CLOSED:
+            self._session = aiohttp.ClientSession()
+            self._run_task = self.spawn(self._run(), "natsgate-client")
+
+    async def subscribe(self, subject: str, handler: Handler[Message]) -> CoreSubscription:
+        """A core subscription; returns once the gateway confirmed it."""
+        return await self._add(CoreSubscription(self, subject, handler))
+
+    async def kv_subscribe(
+        self, bucket: str, pattern: str | None, handler: Handler[KvEvent]
+    ) -> KvSubscription:
+        """Watch the keys of ``bucket`` matching ``pattern`` (None: all). Current values
+        reach ``handler`` (``snapshot=True``) before this returns."""
+        return await self._add(KvSubscription(self, bucket, pattern, handler))
+
+    async def js_subscribe(
+        self,
+        stream: str,
+        handler: Handler[JsMessage],
+        *,
+        start_seq: int | None = None,
+        start_time: datetime | str | None = None,
+        batch: int | None = None,
+        filter: str | None = None,
+    ) -> JsSubscription:
+        """Ordered delivery from ``stream``: from ``start_seq`` (inclusive), from
+        ``start_time``, or (neither) only messages stored from now on. Its ``reply_data``
+        holds the stream's ``first_seq``, ``last_seq`` and ``gap``."""
+        sub = JsSubscription(
+            self,
+            stream,
+            handler,
+            start_seq=start_seq,
+            start_time=start_time,
+            batch=batch,
+            filter=filter,
+        )
+        return await self._add(sub)
+
+    async def publish(self, subject: str, data: Any = None, *, ack: bool = True) -> None:
+        """Publish ``data`` (sent to NATS as its JSON encoding). With ``ack`` wait until
+        the gateway has handed it to NATS; without, only until it is written out."""
+        op = Op("pub", target=subject, data=data)
+        if ack:
+            await self._request(op, REQUEST_TIMEOUT)
+            return
+        await self._wait_open(REQUEST_TIMEOUT)
+        self._out.append(encode(op))
+        await self._flush()
+
+    async def command(
+        self,
+        subject: str,
+        data: Any = None,
+        *,
+        timeout: float = 5.0,  # noqa: ASYNC109 - the gateway's timeout_ms, sent on the wire
+    ) -> Any:
+        """A NATS request through the gateway; returns the responder's payload (bytes if
+        it was not text). ``timeout`` (seconds) is the gateway's wait for the responder;
+        the client gives up ``timeout`` + 1 s after sending. Raises NatsgateError:
+        ``timeout``, ``no_responders``, ``forbidden``, ``disconnected`` (the socket was
+        lost meanwhile), ..."""
+        op = Op("cmd", target=subject, data=data, timeout_ms=max(1, round(timeout * 1000)))
+        env = await self._request(op, timeout)
+        return payload(decode_any(env.data), env.enc)
+
+    async def refresh_token(self, token: str) -> None:
+        """The ``auth`` op: extend this connection with a fresh token for the same user;
+        also used for reconnects from now on (unless a token_provider is set)."""
+        await self._auth(token)
+
+    async def ping(self) -> float:
+        """A protocol-level round trip; returns its duration in seconds."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await self._request(Op("ping"), REQUEST_TIMEOUT)
+        return loop.time() - started
+
+    async def close(self) -> None:
+        """Close for good: pending ops fail with ``closed``, every task ends."""
+        self._shut(NatsgateError("closed", "client closed"), emit=False)
+        current = asyncio.current_task()
+        tasks = [t for t in self._tasks if t is not current]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await self._release()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,27 @@
+"""Ops about the connection itself: ``ping`` and ``auth`` (a token refresh)."""
+
+from __future__ import annotations
+
+from .. import protocol as p
+from ..auth import AuthError, verify_token
+from ..errors import ErrorCode, ProtocolError
+from .context import Conn
+
+
+async def ping(conn: Conn, op: p.Ping) -> None:
+    conn.outbox.push(p.encode_pong(op.inbox))
+
+
+async def auth(conn: Conn, op: p.Auth) -> None:
+    """A fresh token for the same user extends the connection."""
+    try:
+        ident = verify_token(op.data.token, conn.config.jwt_secret)
+    except AuthError as exc:
+        # The current token still holds; the connection stays until it expires.
+        raise ProtocolError(ErrorCode.UNAUTHORIZED, str(exc)) from None
+    if ident.user != conn.user:
+        raise ProtocolError(ErrorCode.FORBIDDEN, "the new token is for another user")
+    if conn.services.revocations.revoked(ident):
+        raise ProtocolError(ErrorCode.UNAUTHORIZED, "token revoked")
+    conn.refresh(ident)
+    conn.ack(op, exp=ident.exp)

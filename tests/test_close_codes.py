@@ -1,9 +1,11 @@
 """One close-code table for the gateway, the Python client and the browser library.
 
 ``natsgate.errors.CLOSE_INFO`` is the table. The Python client imports it; the browser
-library cannot, so ``client/natsgate.js`` spells it out in ``CLOSE_CODES``, one code per
-line, and these tests read that literal and hold it to the Python table, word for word.
-docs/protocol.md's table is held to it too.
+library cannot, so ``client/natsgate/errors.js`` spells it out in ``CLOSE_CODES``, one code
+per line, and these tests read that literal and hold it to the Python table, word for word;
+then node imports the library's entry module (``client/natsgate.js``) and the table and
+``closeAction`` it exports are held to it at run time. docs/protocol.md's table is held to
+it too.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from natsgate import client as ng
 from natsgate.errors import CLOSE_INFO, CloseAction, CloseCode, close_action
 
 ROOT = Path(__file__).parents[1]
-JS = ROOT / "client" / "natsgate.js"
+ENTRY = ROOT / "client" / "natsgate.js"
+JS = ROOT / "client" / "natsgate" / "errors.js"  # the module that spells out CLOSE_CODES
 PROTOCOL_MD = ROOT / "docs" / "protocol.md"
 
 JS_TABLE = re.compile(r"^export const CLOSE_CODES = Object\.freeze\(\{\n(.*?)^\}\);$", re.S | re.M)
@@ -32,15 +35,15 @@ MD_ROW = re.compile(r"^\| (?P<code>\d{4}) \| [^|]* \| `(?P<action>[a-z]+)`")
 
 
 def js_table() -> dict[int, tuple[str, str]]:
-    """``CLOSE_CODES`` of natsgate.js as {code: (meaning, action)}."""
+    """``CLOSE_CODES`` of errors.js, the literal, as {code: (meaning, action)}."""
     found = JS_TABLE.search(JS.read_text())
-    assert found, "natsgate.js: `export const CLOSE_CODES = Object.freeze({` ... `});` not found"
+    assert found, f"{JS}: `export const CLOSE_CODES = Object.freeze({{` ... `}});` not found"
     table: dict[int, tuple[str, str]] = {}
     for line in found[1].splitlines():
         entry = JS_ENTRY.match(line)
-        assert entry, f"natsgate.js CLOSE_CODES: not one entry like the others: {line!r}"
+        assert entry, f"errors.js CLOSE_CODES: not one entry like the others: {line!r}"
         code = int(entry["code"])
-        assert code not in table, f"natsgate.js CLOSE_CODES: {code} twice"
+        assert code not in table, f"errors.js CLOSE_CODES: {code} twice"
         table[code] = (entry["meaning"], entry["action"])
     return table
 
@@ -56,21 +59,23 @@ def test_every_close_code_has_an_entry() -> None:
 
 def test_browser_table_is_the_gateway_table() -> None:
     js, py = js_table(), python_table()
-    assert sorted(js) == sorted(py), "codes differ between natsgate.js and errors.py"
+    assert sorted(js) == sorted(py), "codes differ between errors.js and errors.py"
     for code in py:
-        assert js[code] == py[code], f"{code}: natsgate.js {js[code]}, errors.py {py[code]}"
+        assert js[code] == py[code], f"{code}: errors.js {js[code]}, errors.py {py[code]}"
 
 
 def test_browser_library_decides_as_the_table_at_run_time() -> None:
-    """Imported by node, ``closeAction`` (not just the literal) agrees for every code in
-    the table and for codes outside it."""
+    """Imported by node from the public entry, ``CLOSE_CODES`` is the table and
+    ``closeAction`` (not just the literal) agrees for every code in the table and for codes
+    outside it."""
     node = shutil.which("node")
     assert node, "node is needed for the browser library's tests"
     codes = sorted({*map(int, CloseCode), 1003, 1005, 1006, 1010, 1014, 1015, 3000, 4004, 4999})
     script = (
-        f"const m = await import({json.dumps(JS.as_uri())});"
+        f"const m = await import({json.dumps(ENTRY.as_uri())});"
         f"const codes = {json.dumps(codes)};"
-        "console.log(JSON.stringify(Object.fromEntries(codes.map((c) => [c, m.closeAction(c)]))));"
+        "const decided = Object.fromEntries(codes.map((c) => [c, m.closeAction(c)]));"
+        "console.log(JSON.stringify({decided, table: m.CLOSE_CODES}));"
     )
     out = subprocess.run(
         [node, "--input-type=module", "-e", script],
@@ -79,8 +84,11 @@ def test_browser_library_decides_as_the_table_at_run_time() -> None:
         timeout=60,
         check=True,
     ).stdout
-    decided = {int(code): action for code, action in json.loads(out).items()}
+    result = json.loads(out)
+    decided = {int(code): action for code, action in result["decided"].items()}
     assert decided == {code: close_action(code).value for code in codes}
+    exported = {int(c): (e["meaning"], e["action"]) for c, e in result["table"].items()}
+    assert exported == python_table()
 
 
 def test_python_client_decides_as_the_table() -> None:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import tomllib
+from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -54,12 +58,74 @@ async def test_metrics_count_what_happens(gw: Gw, nc: NATS) -> None:
 
 async def test_browser_library_and_static_files(gw: Gw) -> None:
     status, ctype, body = await get(f"{gw.url}/natsgate.js")
-    assert status == 200 and "javascript" in ctype and "export function connect" in body
+    assert status == 200 and "javascript" in ctype and "connect" in body
     status, ctype, _ = await get(f"{gw.url}/")
     assert status == 200 and ctype.startswith("text/html")
     assert (await get(f"{gw.url}/../pyproject.toml"))[0] == 404
     assert (await get(f"{gw.url}/%2e%2e/pyproject.toml"))[0] == 404
     assert (await get(f"{gw.url}/no-such-file.css"))[0] == 404
+
+
+ROOT = Path(__file__).parents[1]
+# `import ... from "./x.js"` and `export ... from "./x.js"`, over several lines too
+RELATIVE_IMPORT = re.compile(r'^(?:import|export)\b[^;]*?\bfrom "(\.{1,2}/[^"]+)";', re.M)
+
+
+async def raw_status(gw: Gw, target: str) -> int:
+    """The status of ``GET target`` sent byte for byte, so that no client library
+    normalizes ``..`` or percent-escapes away before the gateway sees them."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    try:
+        writer.write(f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        return int((await reader.readline()).split()[1])
+    finally:
+        writer.close()
+
+
+async def test_browser_library_modules(gw: Gw) -> None:
+    """``/natsgate.js`` and every module it imports, followed as a browser follows them
+    (each relative specifier against the importing module's URL), are served as JavaScript
+    with the library's headers; every module on disk is reachable that way and is shipped
+    in the wheel; nothing outside ``client/natsgate/`` or other than ``.js`` is served."""
+    bodies: dict[str, str] = {}
+    todo = [f"{gw.url}/natsgate.js"]
+    async with aiohttp.ClientSession() as s:
+        while todo:
+            url = todo.pop()
+            if url in bodies:
+                continue
+            async with s.get(url) as r:
+                assert r.status == 200, url
+                assert r.headers["Content-Type"] == "text/javascript; charset=utf-8", url
+                assert r.headers["Cache-Control"] == "no-cache", url
+                assert r.headers["X-Content-Type-Options"] == "nosniff", url
+                bodies[url] = await r.text()
+            todo += [urljoin(url, spec) for spec in RELATIVE_IMPORT.findall(bodies[url])]
+    modules = sorted((ROOT / "client" / "natsgate").glob("*.js"))
+    assert len(modules) > 3
+    served = {urlsplit(url).path for url in bodies}
+    assert served == {"/natsgate.js", *(f"/natsgate/{m.name}" for m in modules)}
+    assert "export function connect" in bodies[f"{gw.url}/natsgate/client.js"]
+    for url, body in bodies.items():
+        assert body == (ROOT / "client" / urlsplit(url).path[1:]).read_text(), url
+
+    wheel = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["hatch"]["build"]
+    shipped = wheel["targets"]["wheel"]["force-include"]
+    assert shipped["client/natsgate.js"] == "natsgate_web/natsgate.js"
+    assert shipped["client/natsgate"] == "natsgate_web/natsgate"
+
+    for target in (
+        "/natsgate/../pyproject.toml",
+        "/natsgate/..%2f..%2fpyproject.toml",
+        "/natsgate/%2e%2e/%2e%2e/pyproject.toml",
+        "/natsgate/..%2Fnatsgate.js",  # a .js file, but outside the modules' folder
+        "/natsgate/..%2F..%2Fsrc%2Fnatsgate%2F__init__.py",
+        "/natsgate/",
+        "/natsgate/wire.d.ts",
+        "/natsgate/no-such-module.js",
+    ):
+        assert await raw_status(gw, target) == 404, target
 
 
 async def test_proxy_forwards_all_but_the_gateway_paths(make_gw: Any) -> None:

@@ -8,6 +8,7 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from natsgate import frames
 from natsgate import protocol as p
 from natsgate.errors import ErrorCode, ProtocolError
 
@@ -119,33 +120,33 @@ def test_versions() -> None:
 
 
 def test_payload_rules() -> None:
-    assert p.payload(b'{"a": 1}') == (msgspec.Raw(b'{"a": 1}'), None)
-    raw, enc = p.payload(b'{"a":\r\n1, "b": "x\\ny"}')  # whitespace newlines go, escapes stay
+    assert frames.payload(b'{"a": 1}') == (msgspec.Raw(b'{"a": 1}'), None)
+    raw, enc = frames.payload(b'{"a":\r\n1, "b": "x\\ny"}')  # whitespace newlines go, escapes stay
     assert bytes(raw) == b'{"a":  1, "b": "x\\ny"}' and enc is None
-    raw, enc = p.payload(b"1e400\n")  # not a float: passed on as the JSON text it is
+    raw, enc = frames.payload(b"1e400\n")  # not a float: passed on as the JSON text it is
     assert bytes(raw) == b"1e400 " and enc is None
-    raw, enc = p.payload("héllo".encode())
+    raw, enc = frames.payload("héllo".encode())
     assert json.loads(bytes(raw)) == "héllo" and enc is None
-    raw, enc = p.payload(b"\xff")
+    raw, enc = frames.payload(b"\xff")
     assert json.loads(bytes(raw)) == "/w==" and enc == "base64"
-    raw, enc = p.payload(b"")
+    raw, enc = frames.payload(b"")
     assert json.loads(bytes(raw)) == ""
 
 
 def test_frames_are_one_line_json() -> None:
-    frames = [
-        p.encode_msg("a.b", b'{"x":\n1}', sub="a.*", headers={"H": "v"}),
-        p.encode_kv("b", "k", 3, "PUT", b"line1\nline2", snapshot=True),
-        p.encode_js("S", 9, "a.b", b"\xff\x00", "2026-01-01T00:00:00Z", None),
-        p.encode_reply("a", "i", first_seq=1),
-        p.encode_error(ErrorCode.LIMIT, "too many", target="a", inbox="i"),
-        p.encode_cap_update({"subjects": []}, [{"op": "sub", "target": "a"}]),
-        p.encode_pong("i"),
+    out = [
+        frames.encode_msg("a.b", b'{"x":\n1}', sub="a.*", headers={"H": "v"}),
+        frames.encode_kv("b", "k", 3, "PUT", b"line1\nline2", snapshot=True),
+        frames.encode_js("S", 9, "a.b", b"\xff\x00", "2026-01-01T00:00:00Z", None),
+        frames.encode_reply("a", "i", first_seq=1),
+        frames.encode_error(ErrorCode.LIMIT, "too many", target="a", inbox="i"),
+        frames.encode_cap_update({"subjects": []}, [{"op": "sub", "target": "a"}]),
+        frames.encode_pong("i"),
     ]
-    for f in frames:
+    for f in out:
         assert b"\n" not in f
         json.loads(f)
-    msg = json.loads(frames[0])
+    msg = json.loads(out[0])
     assert msg == {
         "op": "msg",
         "target": "a.b",
@@ -153,9 +154,9 @@ def test_frames_are_one_line_json() -> None:
         "sub": "a.*",
         "headers": {"H": "v"},
     }
-    js = json.loads(frames[2])
+    js = json.loads(out[2])
     assert js["data"]["enc"] == "base64" and js["data"]["seq"] == 9
-    kv = json.loads(frames[1])
+    kv = json.loads(out[1])
     assert kv["data"] == {
         "key": "k",
         "revision": 3,

@@ -16,7 +16,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from .protocol import encode_msg
+from .frames import encode_msg
 from .upstream import flush
 
 log = logging.getLogger("natsgate.hub")

@@ -32,13 +32,14 @@ COOKIE = "jwt"
 
 
 def web_dir() -> tuple[Path, Path]:
-    """(the browser library, the demo folder): from the source tree when running from a
-    checkout (so edits show at once), else from the wheel's ``natsgate_web`` folder."""
+    """(the browser library's folder, the demo folder): from the source tree when running
+    from a checkout (so edits show at once), else from the wheel's ``natsgate_web`` folder.
+    The library's folder holds the entry ``natsgate.js`` and its modules ``natsgate/*.js``."""
     root = Path(__file__).resolve().parents[2]
     if (root / "client" / "natsgate.js").is_file():
-        return root / "client" / "natsgate.js", root / "demo"
+        return root / "client", root / "demo"
     packaged = Path(sysconfig.get_path("purelib")) / "natsgate_web"
-    return packaged / "natsgate.js", packaged / "demo"
+    return packaged, packaged / "demo"
 
 
 # ------------------------------------------------------------------ /auth
@@ -202,8 +203,17 @@ _SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "sa
 
 
 async def library(request: web.Request) -> web.StreamResponse:
-    path, _ = web_dir()
-    if not path.is_file():
+    """``/natsgate.js`` and the modules it imports, ``/natsgate/<name>.js``: ES modules as
+    they are, no bundler; the entry's ``./natsgate/wire.js`` resolves against its URL."""
+    lib, _ = web_dir()
+    name = request.match_info.get("name")
+    folder = lib / "natsgate" if name else lib
+    try:
+        path = (folder / (name or "natsgate.js")).resolve()
+        path.relative_to(folder.resolve())
+    except (ValueError, OSError):
+        raise web.HTTPNotFound() from None
+    if path.suffix != ".js" or not path.is_file():
         raise web.HTTPNotFound()
     return web.FileResponse(
         path,
@@ -297,5 +307,6 @@ def make_app(gw: Gateway) -> web.Application:
         app.router.add_route("*", "/{path:.*}", handler)
     else:
         app.router.add_get("/natsgate.js", library)
+        app.router.add_get("/natsgate/{name}", library)
         app.router.add_get("/{path:.*}", static)
     return app

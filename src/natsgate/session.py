@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Coroutine
 from typing import Any, Protocol
 
-from . import ops
+from . import frames, ops
 from . import protocol as p
 from .auth import Identity
 from .capabilities import Capabilities
@@ -134,7 +134,7 @@ class Session:
     async def open(self) -> None:
         """Load capabilities and send them first (contract §1)."""
         self.caps = await self.gw.capstore.join(self.user, self)
-        self.outbox.push(p.encode_cap_update(self.caps.to_json(), []))
+        self.outbox.push(frames.encode_cap_update(self.caps.to_json(), []))
         self._arm_expiry()
 
     @property
@@ -177,7 +177,7 @@ class Session:
         try:
             for op in unanswered:  # every op with an inbox is answered exactly once (§3)
                 self.transport.write(
-                    p.encode_error(
+                    frames.encode_error(
                         ErrorCode.INTERNAL,
                         "the connection closed before the reply came; the command may or "
                         "may not have run",
@@ -187,7 +187,7 @@ class Session:
                 )
             if error is not None:  # the last word, sent past the (dropped) queue
                 self.gw.metrics.errors.labels(error[0].value).inc()
-                self.transport.write(p.encode_error(*error))
+                self.transport.write(frames.encode_error(*error))
             await asyncio.wait_for(self.transport.close(code, error[1] if error else ""), 1.0)
         except (TimeoutError, ConnectionError, RuntimeError, OSError) as exc:
             log.debug("closing %s: %r", self.user, exc)
@@ -377,11 +377,11 @@ class Session:
 
     def send_error(self, err: ProtocolError) -> None:
         self.gw.metrics.errors.labels(err.code.value).inc()
-        self.outbox.push(p.encode_protocol_error(err))
+        self.outbox.push(frames.encode_protocol_error(err))
 
     def ack(self, op: p.ClientOp, **extra: Any) -> None:
         if op.inbox is not None:
-            self.outbox.push(p.encode_reply(op.target, op.inbox, **extra))
+            self.outbox.push(frames.encode_reply(op.target, op.inbox, **extra))
 
     def refresh(self, identity: Identity) -> None:
         """A fresh token (the ``auth`` op): its ``exp`` applies from now on."""
@@ -396,4 +396,4 @@ class Session:
             return
         self.caps = caps
         revoked = subs.revoke(self, caps)
-        self.outbox.push(p.encode_cap_update(caps.to_json(), revoked))
+        self.outbox.push(frames.encode_cap_update(caps.to_json(), revoked))

@@ -19,6 +19,7 @@ import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from natsgate import frames
 from natsgate import protocol as p
 from natsgate.errors import ErrorCode, ProtocolError
 
@@ -60,7 +61,7 @@ def expect_payload(raw: bytes, value: Any, enc: Any) -> None:
     try:
         text = raw.decode()
     except UnicodeDecodeError:
-        assert enc == p.B64, (raw, value, enc)
+        assert enc == frames.B64, (raw, value, enc)
         assert base64.b64decode(value, validate=True) == raw
         return
     try:
@@ -86,11 +87,11 @@ def _in_data(field: str) -> Carried:
 
 def payload_frames(raw: bytes, subject: str = "a.b") -> Iterator[tuple[bytes, Carried]]:
     """Every frame that carries the NATS payload ``raw``, with where it carries it."""
-    yield p.encode_msg(subject, raw, sub=subject), _at_top
-    yield p.encode_msg(subject, raw, headers={"Natsgate-User": "u"}), _at_top
-    yield p.encode_kv("b", "k", 1, "PUT", raw, snapshot=True, sub=">"), _in_data("value")
-    yield p.encode_js("S", 1, subject, raw, "2026-01-02T03:04:05Z", None), _in_data("payload")
-    yield p.encode_cmd_reply(subject, "i", raw, None), _at_top
+    yield frames.encode_msg(subject, raw, sub=subject), _at_top
+    yield frames.encode_msg(subject, raw, headers={"Natsgate-User": "u"}), _at_top
+    yield frames.encode_kv("b", "k", 1, "PUT", raw, snapshot=True, sub=">"), _in_data("value")
+    yield frames.encode_js("S", 1, subject, raw, "2026-01-02T03:04:05Z", None), _in_data("payload")
+    yield frames.encode_cmd_reply(subject, "i", raw, None), _at_top
 
 
 def check_payload(raw: bytes, subject: str = "a.b") -> None:
@@ -102,22 +103,24 @@ def check_payload(raw: bytes, subject: str = "a.b") -> None:
 def server_frames(item: p.ClientOp | ProtocolError) -> Iterator[bytes]:
     """What the gateway may send about ``item`` other than a payload it carries."""
     if isinstance(item, ProtocolError):
-        yield p.encode_protocol_error(item)
+        yield frames.encode_protocol_error(item)
         return
     target = item.target
-    yield p.encode_reply(target, item.inbox)
-    yield p.encode_error(
+    yield frames.encode_reply(target, item.inbox)
+    yield frames.encode_error(
         ErrorCode.FORBIDDEN, f"not allowed: {target}", target=target, inbox=item.inbox
     )
     match item:
         case p.Ping():
-            yield p.encode_pong(item.inbox)
+            yield frames.encode_pong(item.inbox)
         case p.KvSub() | p.KvUnsub():
-            yield p.encode_kv(item.target, "k", 2, "DEL", None, snapshot=False, sub=item.pattern)
+            yield frames.encode_kv(
+                item.target, "k", 2, "DEL", None, snapshot=False, sub=item.pattern
+            )
             for marker in ("RESYNC", "SYNCED"):
-                yield p.encode_kv_marker(item.target, marker, item.pattern)
+                yield frames.encode_kv_marker(item.target, marker, item.pattern)
         case p.JsSub():
-            yield p.encode_reply(target, item.inbox, first_seq=1, last_seq=9, gap=True)
+            yield frames.encode_reply(target, item.inbox, first_seq=1, last_seq=9, gap=True)
         case _:
             pass
 

@@ -8,6 +8,7 @@ from typing import Any
 from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
+from .. import frames
 from .. import protocol as p
 from ..errors import ErrorCode, ProtocolError
 from ..outbox import Outbox
@@ -40,7 +41,7 @@ class JsFeed(Feed):
     def _on_message(self, msg: Msg, d: Delivery) -> None:
         headers = dict(msg.headers) if msg.headers else None
         self.outbox.push(
-            p.encode_js(
+            frames.encode_js(
                 self.stream, d.stream_seq, msg.subject, msg.data, d.time, headers, sub=self.filter
             )
         )

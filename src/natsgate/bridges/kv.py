@@ -14,6 +14,7 @@ from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.errors import NotFoundError
 
+from .. import frames
 from .. import protocol as p
 from ..errors import ErrorCode, ProtocolError
 from ..kvmsg import PUT, kv_op
@@ -49,7 +50,7 @@ class KvFeed(Feed):
         if not (self.in_snapshot and op != PUT):  # a snapshot holds only live keys
             key = msg.subject[len(self._prefix) :]
             self.outbox.push(
-                p.encode_kv(
+                frames.encode_kv(
                     self.bucket,
                     key,
                     d.stream_seq,
@@ -67,12 +68,12 @@ class KvFeed(Feed):
         self.reader.wake()  # start() is waiting for this, with a pull still open
         if self._resyncing:
             self._resyncing = False
-            self.outbox.push(p.encode_kv_marker(self.bucket, "SYNCED", self.pattern))
+            self.outbox.push(frames.encode_kv_marker(self.bucket, "SYNCED", self.pattern))
 
     def _on_remade(self, info: api.ConsumerInfo) -> None:
         self._resyncing = True
         self.in_snapshot = True
-        self.outbox.push(p.encode_kv_marker(self.bucket, "RESYNC", self.pattern))
+        self.outbox.push(frames.encode_kv_marker(self.bucket, "RESYNC", self.pattern))
         if not info.num_pending:
             self._synced()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .. import frames
 from .. import protocol as p
 from ..auth import AuthError, verify_token
 from ..errors import ErrorCode, ProtocolError
@@ -9,7 +10,7 @@ from .context import Conn
 
 
 async def ping(conn: Conn, op: p.Ping) -> None:
-    conn.outbox.push(p.encode_pong(op.inbox))
+    conn.outbox.push(frames.encode_pong(op.inbox))
 
 
 async def auth(conn: Conn, op: p.Auth) -> None:

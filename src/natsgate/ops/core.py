@@ -8,6 +8,7 @@ import asyncio
 import logging
 import time
 
+from .. import frames
 from .. import protocol as p
 from ..bridges import core
 from ..capabilities import Kind
@@ -75,7 +76,7 @@ async def _request(conn: Conn, op: p.Cmd) -> None:
             gw.upstream.nc, op.target, bytes(op.data), conn.user, timeout_ms / 1000
         )
         headers = {k: v for k, v in (msg.headers or {}).items()} or None
-        conn.outbox.push(p.encode_cmd_reply(op.target, op.inbox, msg.data, headers))
+        conn.outbox.push(frames.encode_cmd_reply(op.target, op.inbox, msg.data, headers))
     except ProtocolError as err:
         outcome = err.code.value
         err.inbox, err.target = op.inbox, op.target

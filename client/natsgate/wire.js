@@ -1,0 +1,319 @@
+// natsgate/wire.js: the wire protocol as the browser sees it (docs/protocol.md).
+//
+// The envelope's types; encoding a client envelope, decoding a server frame (checked, one
+// error type); payloads (base64 bytes), KV entries and markers, JetStream messages, the
+// `revoked` list of a cap_update; the gateway URL and the JWT's expiry. Pure: no socket, no
+// timer, unit-tested on their own.
+
+import { NatsgateError, isErrorCode } from "./errors.js";
+
+/** @typedef {Record<string, string | string[]>} Headers */
+
+/**
+ * One envelope of the wire protocol, as sent or received.
+ * @typedef {object} Envelope
+ * @property {number} [v]
+ * @property {string} op
+ * @property {string} [target]
+ * @property {string} [inbox]
+ * @property {unknown} [data]
+ * @property {string} [sub] core `msg`: the subscribed pattern
+ * @property {string} [enc] `"base64"` when `data` is base64 of non-text bytes
+ * @property {Headers} [headers]
+ * @property {number} [timeout_ms] `cmd` only
+ */
+
+/**
+ * The capability document (contract section 4). Missing fields grant nothing.
+ * @typedef {object} Caps
+ * @property {string[]} [subjects]
+ * @property {string[]} [publish]
+ * @property {string[]} [commands]
+ * @property {Record<string, string[]>} [buckets]
+ * @property {Record<string, string[]>} [streams]
+ */
+
+/**
+ * `reply` data for a subscription op. JetStream replies carry the stream's bounds and `gap`.
+ * @typedef {{ok?: boolean, first_seq?: number, last_seq?: number, gap?: boolean,
+ *   [field: string]: unknown}} ReplyData
+ */
+
+/**
+ * @typedef {object} CoreMessage
+ * @property {string} subject the concrete subject
+ * @property {string} sub the pattern this subscription was made with
+ * @property {unknown} data the payload (a Uint8Array when the server sent base64)
+ * @property {Headers | undefined} headers
+ */
+
+/**
+ * @typedef {object} KvEntry
+ * @property {string} key
+ * @property {number} revision
+ * @property {"PUT" | "DEL" | "PURGE"} op
+ * @property {unknown} value
+ */
+
+/**
+ * @typedef {object} JsMessage
+ * @property {number} seq the stream sequence
+ * @property {string} subject
+ * @property {unknown} payload
+ * @property {string | undefined} time RFC 3339
+ * @property {Headers | undefined} headers
+ */
+
+/**
+ * @param {unknown} value
+ * @returns {value is Record<string, unknown>}
+ */
+export function isRecord(value) {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+/**
+ * Array.isArray narrows to any[]; this keeps the elements unknown.
+ * @param {unknown} value
+ * @returns {value is unknown[]}
+ */
+export function isList(value) {
+  return Array.isArray(value);
+}
+
+/**
+ * An `error` envelope as a NatsgateError. An unknown code is the peer breaking the contract.
+ * @param {Envelope} env
+ */
+export function errorFromEnvelope(env) {
+  const data = isRecord(env.data) ? env.data : {};
+  const raw = typeof data.code === "string" ? data.code : "";
+  const message = typeof data.message === "string" ? data.message : raw || "error";
+  const code = isErrorCode(raw) ? raw : "protocol";
+  const text = code === raw ? message : `${raw || "no code"}: ${message}`;
+  return new NatsgateError(code, text, { target: env.target });
+}
+
+/**
+ * A frame holds one envelope or several separated by newlines (contract section 1).
+ * @param {string} text
+ * @returns {string[]}
+ */
+export function splitFrame(text) {
+  return text.split("\n").filter((line) => line.trim() !== "");
+}
+
+/**
+ * One line of a server frame, checked against the envelope's shape. Throws a NatsgateError
+ * with code `protocol`, and nothing else, when the server broke the contract.
+ * @param {string} line
+ * @returns {Envelope}
+ */
+export function decodeEnvelope(line) {
+  /** @type {unknown} */
+  let value;
+  try {
+    value = JSON.parse(line);
+  } catch (cause) {
+    throw new NatsgateError("protocol", "server frame is not JSON", { cause });
+  }
+  if (!isRecord(value) || typeof value.op !== "string") {
+    throw new NatsgateError("protocol", "server envelope has no op");
+  }
+  if (value.v !== undefined && value.v !== 1) {
+    throw new NatsgateError("protocol", `unsupported envelope version ${String(value.v)}`);
+  }
+  /** @type {Envelope} */
+  const env = { op: value.op, data: value.data };
+  for (const field of /** @type {const} */ (["target", "inbox", "sub", "enc"])) {
+    const v = value[field];
+    if (typeof v === "string") env[field] = v;
+    else if (v !== undefined && v !== null) {
+      throw new NatsgateError("protocol", `envelope field ${field} is not a string`);
+    }
+  }
+  const headers = decodeHeaders(value.headers);
+  if (headers) env.headers = headers;
+  return env;
+}
+
+/**
+ * @param {unknown} value
+ * @returns {Headers | undefined}
+ */
+function decodeHeaders(value) {
+  if (!isRecord(value)) return undefined;
+  /** @type {Headers} */
+  const out = {};
+  for (const [name, v] of Object.entries(value)) {
+    if (typeof v === "string") out[name] = v;
+    else if (isList(v)) out[name] = v.filter((x) => typeof x === "string");
+  }
+  return out;
+}
+
+/**
+ * All envelopes of a frame; a broken line is reported and skipped, the rest still count.
+ * @param {string} text
+ * @returns {{envelopes: Envelope[], errors: NatsgateError[]}}
+ */
+export function decodeFrame(text) {
+  /** @type {Envelope[]} */
+  const envelopes = [];
+  /** @type {NatsgateError[]} */
+  const errors = [];
+  for (const line of splitFrame(text)) {
+    try {
+      envelopes.push(decodeEnvelope(line));
+    } catch (err) {
+      errors.push(err instanceof NatsgateError ? err : new NatsgateError("protocol", String(err)));
+    }
+  }
+  return { envelopes, errors };
+}
+
+/**
+ * A client envelope as compact JSON. `v` is written out so a future server can tell.
+ * @param {Envelope} env
+ */
+export function encodeEnvelope(env) {
+  return JSON.stringify({ v: 1, ...env });
+}
+
+/**
+ * @param {string} text base64
+ * @returns {Uint8Array}
+ */
+export function base64ToBytes(text) {
+  const binary = atob(text);
+  const out = new Uint8Array(binary.length);
+  for (let i = 0; i < binary.length; i++) out[i] = binary.charCodeAt(i);
+  return out;
+}
+
+/**
+ * A payload as the application should see it: bytes the server sent as base64 (`enc`
+ * beside the value, contract section 3) become a Uint8Array; JSON and text stay as they are.
+ * @param {unknown} value
+ * @param {unknown} enc
+ */
+export function decodePayload(value, enc) {
+  return enc === "base64" && typeof value === "string" ? base64ToBytes(value) : value;
+}
+
+/**
+ * A KV `msg`'s data, or null when it is not shaped like one.
+ * @param {unknown} data
+ * @returns {KvEntry | null}
+ */
+export function decodeKvEntry(data) {
+  if (!isRecord(data) || typeof data.key !== "string") return null;
+  const op = data.op === "DEL" || data.op === "PURGE" ? data.op : "PUT";
+  const revision = typeof data.revision === "number" ? data.revision : 0;
+  return { key: data.key, revision, op, value: decodePayload(data.value, data.enc) };
+}
+
+/**
+ * The gateway's KV markers: after its own NATS connection came back it re-reads a bucket and
+ * frames the fresh snapshot with `{"op": "RESYNC", "pattern"}` ... `{"op": "SYNCED", "pattern"}`
+ * (an addition to the contract, see docs/protocol.md).
+ * @param {unknown} data
+ * @returns {{op: "RESYNC" | "SYNCED", pattern: string | undefined} | null}
+ */
+export function decodeKvMarker(data) {
+  if (!isRecord(data) || data.key !== undefined) return null;
+  if (data.op !== "RESYNC" && data.op !== "SYNCED") return null;
+  return { op: data.op, pattern: typeof data.pattern === "string" ? data.pattern : undefined };
+}
+
+/**
+ * A JetStream `msg`'s data, or null when it is not shaped like one.
+ * @param {Envelope} env
+ * @returns {JsMessage | null}
+ */
+export function decodeJsMessage(env) {
+  const data = env.data;
+  if (!isRecord(data) || typeof data.seq !== "number") return null;
+  return {
+    seq: data.seq,
+    subject: typeof data.subject === "string" ? data.subject : "",
+    payload: decodePayload(data.payload, data.enc),
+    time: typeof data.time === "string" ? data.time : undefined,
+    headers: env.headers ?? decodeHeaders(data.headers),
+  };
+}
+
+/**
+ * The gateway URL: absolute ws(s) URLs pass; http(s) become ws(s); a path (or nothing:
+ * `/ws`) is resolved against the page, with wss on an https page.
+ * @param {string | undefined} url
+ * @param {{href: string} | undefined} page the page's location, when there is one
+ */
+export function resolveUrl(url, page) {
+  const u = new URL(url ?? "/ws", page?.href);
+  if (u.protocol === "http:") u.protocol = "ws:";
+  else if (u.protocol === "https:") u.protocol = "wss:";
+  return u.toString();
+}
+
+/**
+ * Browsers cannot set headers on a WebSocket upgrade; the contract takes `?token=`.
+ * @param {string} url
+ * @param {string} token
+ */
+export function withToken(url, token) {
+  const u = new URL(url);
+  u.searchParams.set("token", token);
+  return u.toString();
+}
+
+/**
+ * The `exp` of a JWT in epoch milliseconds, read without verifying (the server verifies; we
+ * only need to know when to refresh). Undefined when the token has none or is not a JWT.
+ * @param {string} token
+ * @returns {number | undefined}
+ */
+export function jwtExpiry(token) {
+  const part = token.split(".")[1];
+  if (!part) return undefined;
+  try {
+    const b64 = part.replace(/-/g, "+").replace(/_/g, "/").padEnd(Math.ceil(part.length / 4) * 4, "=");
+    /** @type {unknown} */
+    const claims = JSON.parse(new TextDecoder().decode(base64ToBytes(b64)));
+    return isRecord(claims) && typeof claims.exp === "number" ? claims.exp * 1000 : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * An entry of cap_update's `revoked` list as (kind, target, pattern). The contract leaves its
+ * shape open; accepted: the subscribing op itself (`{"op": "kv_sub", "target": "todos",
+ * "data": {"pattern": "user.a.>"}}`), the same with `pattern`/`filter` at the top level or
+ * `kind`/`type` in place of `op`, and strings: `"chat.>"`, `"kv:todos:user.a.>"`,
+ * `"js:CHAT:chat.room.*"`.
+ * @param {unknown} item
+ * @returns {{kind: "sub" | "kv" | "js", target: string, pattern: string | undefined} | null}
+ */
+export function parseRevoked(item) {
+  if (typeof item === "string") {
+    for (const kind of /** @type {const} */ (["kv", "js"])) {
+      if (item.startsWith(`${kind}:`)) {
+        const [target = "", ...rest] = item.slice(3).split(":");
+        return { kind, target, pattern: rest.length ? rest.join(":") : undefined };
+      }
+    }
+    return { kind: "sub", target: item, pattern: item };
+  }
+  if (!isRecord(item)) return null;
+  const tag = item.op ?? item.kind ?? item.type;
+  /** @type {Record<string, "sub" | "kv" | "js">} */
+  const kinds = { sub: "sub", core: "sub", kv_sub: "kv", kv: "kv", js_sub: "js", js: "js" };
+  const kind = typeof tag === "string" ? kinds[tag] : "sub";
+  const target = item.target ?? item.subject ?? item.bucket ?? item.stream;
+  if (!kind || typeof target !== "string") return null;
+  const data = isRecord(item.data) ? item.data : item;
+  const p = data.pattern ?? data.filter;
+  return { kind, target, pattern: kind === "sub" ? target : typeof p === "string" ? p : undefined };
+}
+

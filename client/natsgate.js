@@ -6,7 +6,7 @@
 // (docs/protocol.md); the API is described in docs/client.md.
 //
 //   natsgate/errors.js         NatsgateError, the close-code table, reconnect backoff
-//   natsgate/subjects.js       subject matching
+//   natsgate/subjects.js       subject matching and the capability covering rule
 //   natsgate/wire.js           the envelope: types, encode, decode (pure)
 //   natsgate/emitter.js        typed events and the state-machine helper
 //   natsgate/subscriptions.js  core, KV and JetStream subscriptions; routing a `msg`
@@ -16,7 +16,7 @@
 // the rest of what the modules export is theirs to share with each other.
 
 export { CLOSE_CODES, NatsgateError, backoffDelay, closeAction } from "./natsgate/errors.js";
-export { subjectMatches } from "./natsgate/subjects.js";
+export { coveredByAny, covers, subjectMatches } from "./natsgate/subjects.js";
 export {
   base64ToBytes, decodeEnvelope, decodeFrame, decodeJsMessage, decodeKvEntry, decodeKvMarker,
   decodePayload, encodeEnvelope, errorFromEnvelope, jwtExpiry, parseRevoked, resolveUrl,

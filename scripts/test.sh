@@ -19,6 +19,7 @@ echo "== Python environment (.venv)"
 echo "== browser library: install, type-check, unit tests"
 (cd client && { [ -f package-lock.json ] && npm ci --no-audit --no-fund --silent || npm install --no-audit --no-fund --silent; })
 (cd client && npx tsc -p tsconfig.json && node --test test/)
+(cd client && npx tsc -p tsconfig.consumer.json) # a TypeScript app against the .d.ts just emitted into client/types/
 
 echo "== lint and types"
 .venv/bin/ruff check src tests $([ -d bench ] && echo bench)

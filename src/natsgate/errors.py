@@ -72,7 +72,7 @@ _B, _P, _A, _S = CloseAction.BACKOFF, CloseAction.PROMPT, CloseAction.AUTH, Clos
 
 CLOSE_INFO: Final[Mapping[CloseCode, CloseInfo]] = MappingProxyType(
     {
-        # The browser library (client/natsgate.js, CLOSE_CODES) repeats this table word
+        # The browser library (client/natsgate/errors.js, CLOSE_CODES) repeats this table word
         # for word; tests/test_close_codes.py holds the two together.
         CloseCode.NORMAL: CloseInfo("normal closure", _B),
         CloseCode.GOING_AWAY: CloseInfo("going away", _B),

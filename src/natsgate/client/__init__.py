@@ -20,7 +20,7 @@ from typing import Unpack
 
 from ..errors import CLOSE_INFO, CloseAction, CloseCode, CloseInfo, close_action
 from .client import Client
-from .connection import ClientOptions, TokenProvider
+from .options import ClientOptions, TokenProvider
 from .reconnect import backoff_delay
 from .registry import CapUpdate
 from .subscriptions import (

@@ -1,4 +1,4 @@
-"""The client's public API: subscribe, publish, command, ping, close.
+"""The client's public API: subscribe, unsubscribe, publish, command, ping, close.
 
 The machinery under it (the socket, its run loop, the ops awaiting answers) is the
 :class:`~natsgate.client.connection.Connection` it extends.
@@ -7,18 +7,22 @@ The machinery under it (the socket, its run loop, the ops awaiting answers) is t
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import datetime
 from typing import Any
 
 import aiohttp
 
 from .connection import REQUEST_TIMEOUT, Connection
+from .registry import S
 from .subscriptions import (
     AnySubscription,
     CoreSubscription,
     Handler,
     JsSubscription,
     KvSubscription,
+    Subscription,
+    SubState,
 )
 from .wire import (
     ClientState,
@@ -31,6 +35,8 @@ from .wire import (
     encode,
     payload,
 )
+
+log = logging.getLogger("natsgate.client")
 
 
 class Client(Connection):
@@ -58,6 +64,34 @@ class Client(Connection):
         if self._run_task is None and self._state is not ClientState.CLOSED:
             self._session = aiohttp.ClientSession()
             self._run_task = self.spawn(self._run(), "natsgate-client")
+
+    async def _add(self, sub: S) -> S:
+        if self._state is ClientState.CLOSED:
+            raise self._closed_error()
+        self._subs.add(sub)
+        if self._state is ClientState.OPEN:
+            self._send_sub(sub)
+            await self._flush()
+        try:
+            await asyncio.shield(sub._first)
+        except asyncio.CancelledError:
+            self.spawn(self.unsubscribe(sub), "unsubscribe")
+            raise
+        return sub
+
+    async def unsubscribe(self, sub: Subscription[Any]) -> None:
+        """End ``sub`` here at once and at the gateway (what ``sub.unsubscribe()`` does)."""
+        if sub.ended or sub not in self._subs:
+            return
+        assert isinstance(sub, AnySubscription)
+        self._subs.forget(sub)
+        sub._end(SubState.ENDED, NatsgateError("closed", "unsubscribed"))
+        if self._state is not ClientState.OPEN:
+            return  # nothing of it is left at the gateway
+        try:
+            await self._request(sub.unwire(), REQUEST_TIMEOUT, lost_ok=True)
+        except NatsgateError as exc:
+            log.debug("natsgate: %s %s: %s", sub.unop, sub.target, exc)
 
     async def subscribe(self, subject: str, handler: Handler[Message]) -> CoreSubscription:
         """A core subscription; returns once the gateway confirmed it."""

@@ -1,5 +1,5 @@
-"""Under the client's public API: one WebSocket at a time, its state machine, and the ops
-awaiting answers (the public methods are in ``client.py``).
+"""Under the client's public API: one WebSocket at a time and its state machine (the
+public methods are in ``client.py``, the ops awaiting answers in ``pending.py``).
 
 One task (``_run``) dials, reads and re-dials; it calls plain-function handlers inline
 while it reads, so the per-message path is one msgspec decode, one dict lookup and one
@@ -10,28 +10,21 @@ by :meth:`close`.
 from __future__ import annotations
 
 import asyncio
-import base64
-import itertools
-import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, Literal, TypedDict
-from urllib.parse import urlsplit, urlunsplit
+from collections.abc import Coroutine
+from typing import Any, Literal
 
 import aiohttp
 import msgspec
 
 from ..errors import CloseCode
 from .events import Emitter
+from .options import TokenProvider, gateway_url, token_expiry
+from .pending import Pending
 from .reconnect import Closed, Outcome, Policy, Refused, Retry, Unreachable, Verdict, decide
-from .registry import Registry, S
-from .subscriptions import (
-    AnySubscription,
-    JsSubscription,
-    Subscription,
-    SubState,
-)
+from .registry import Registry
+from .subscriptions import AnySubscription
 from .wire import (
     ClientState,
     DisconnectInfo,
@@ -39,7 +32,6 @@ from .wire import (
     NatsgateError,
     Op,
     ReconnectInfo,
-    decode_any,
     decode_cap_update,
     decode_envelope,
     encode,
@@ -47,25 +39,6 @@ from .wire import (
 )
 
 log = logging.getLogger("natsgate.client")
-
-TokenProvider = Callable[[], Awaitable[str | None]]
-
-
-class ClientOptions(TypedDict, total=False):
-    """The keyword options of ``Client`` (and :func:`natsgate.client.connect`); their
-    defaults are in ``Connection.__init__`` alone."""
-
-    token: str | None
-    token_provider: TokenProvider | None
-    headers: dict[str, str] | None
-    min_backoff: float
-    max_backoff: float
-    stable_after: float
-    connect_timeout: float
-    heartbeat: float | None
-    timeout_grace: float
-    refresh_before: float | None
-
 
 REQUEST_TIMEOUT = 5.0  # seconds for an acknowledgement (pub, unsub, auth, ping)
 MAX_BATCH_BYTES = 256 * 1024  # client frames batch ops up to this (MAX_FRAME_BYTES is 1 MiB)
@@ -76,47 +49,6 @@ _TRANSITIONS: dict[ClientState, frozenset[ClientState]] = {
     ClientState.RECONNECTING: frozenset({ClientState.OPEN, ClientState.CLOSED}),
     ClientState.CLOSED: frozenset(),
 }
-
-
-def token_expiry(token: str | None) -> float | None:
-    """The ``exp`` claim of a JWT, read without verifying (the gateway verifies)."""
-    if not token or token.count(".") != 2:
-        return None
-    part = token.split(".")[1]
-    try:
-        claims = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
-    except (ValueError, TypeError):
-        return None
-    exp = claims.get("exp") if isinstance(claims, dict) else None
-    return float(exp) if isinstance(exp, int | float) else None
-
-
-def gateway_url(url: str) -> str:
-    """``http(s)`` becomes ``ws(s)``; a URL without a path gets the gateway's ``/ws``."""
-    parts = urlsplit(url)
-    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
-    path = parts.path if parts.path not in ("", "/") else "/ws"
-    return urlunsplit((scheme, parts.netloc, path, parts.query, parts.fragment))
-
-
-class _Request:
-    """An op waiting for its ``reply``/``error`` (or ``pong``)."""
-
-    __slots__ = ("fut", "lost_ok")
-
-    def __init__(self, fut: asyncio.Future[Envelope], lost_ok: bool) -> None:
-        self.fut = fut
-        self.lost_ok = lost_ok  # the socket dropping answers it (unsub: nothing is left)
-
-
-class _SubOp:
-    """A (re)subscribe op waiting for its reply; dropped with its connection, since the
-    subscription is sent again on the next one."""
-
-    __slots__ = ("sub",)
-
-    def __init__(self, sub: AnySubscription) -> None:
-        self.sub = sub
 
 
 class Connection(Emitter):
@@ -165,11 +97,10 @@ class Connection(Emitter):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._run_task: asyncio.Task[None] | None = None
         self._out: list[bytes] = []
-        self._pending: dict[str, _Request | _SubOp] = {}
-        self._inboxes = itertools.count(1)
         self._waiters: list[asyncio.Future[None]] = []
         self._listeners = {}
         self._subs = Registry()
+        self._pending = Pending(self._subs, self._emit)
 
     # ================================================================== state
 
@@ -360,13 +291,7 @@ class Connection(Emitter):
             lost = self._closed_error()
         for sub in self._subs:
             sub._pause()
-        pending, self._pending = self._pending, {}
-        for p in pending.values():
-            if isinstance(p, _Request) and not p.fut.done():
-                if p.lost_ok:
-                    p.fut.set_result(Envelope("reply"))
-                else:
-                    p.fut.set_exception(lost)
+        self._pending.lost(lost)
 
     def _on_open(self) -> None:
         """First cap_update of a socket: OPEN; re-send every subscription, in order."""
@@ -420,9 +345,6 @@ class Connection(Emitter):
 
     # ================================================================== sending
 
-    def _next_inbox(self) -> str:
-        return f"{next(self._inboxes):x}"
-
     async def _flush(self) -> None:
         """Write queued ops, newline-batched (contract section 1), in order."""
         while self._out:
@@ -456,61 +378,17 @@ class Connection(Emitter):
         """Send ``op`` with a fresh inbox; its reply envelope, or its error raised (also
         ``timeout`` when nothing came ``within`` seconds plus the grace)."""
         await self._wait_open(within)
-        loop = asyncio.get_running_loop()
-        inbox = op.inbox = self._next_inbox()
-        fut: asyncio.Future[Envelope] = loop.create_future()
-        self._pending[inbox] = _Request(fut, lost_ok)
-        self._out.append(encode(op))
-        expiry = loop.call_later(within + self._grace, self._expire, inbox, op)
+        req = self._pending.request(op, within + self._grace, lost_ok=lost_ok)
         try:
+            self._out.append(encode(op))
             await self._flush()
-            return await fut
+            return await req.fut
         finally:
-            expiry.cancel()
-            self._pending.pop(inbox, None)
-
-    def _expire(self, inbox: str, op: Op) -> None:
-        p = self._pending.pop(inbox, None)
-        if isinstance(p, _Request) and not p.fut.done():
-            p.fut.set_exception(
-                NatsgateError("timeout", f"no answer to {op.op} in time", target=op.target)
-            )
-
-    # ================================================================== subscriptions
+            self._pending.discard(req)
 
     def _send_sub(self, sub: AnySubscription) -> None:
-        op = sub.wire()
-        op.inbox = inbox = self._next_inbox()
-        self._pending[inbox] = _SubOp(sub)
-        self._out.append(encode(op))
-
-    async def _add(self, sub: S) -> S:
-        if self._state is ClientState.CLOSED:
-            raise self._closed_error()
-        self._subs.add(sub)
-        if self._state is ClientState.OPEN:
-            self._send_sub(sub)
-            await self._flush()
-        try:
-            await asyncio.shield(sub._first)
-        except asyncio.CancelledError:
-            self.spawn(self.unsubscribe(sub), "unsubscribe")
-            raise
-        return sub
-
-    async def unsubscribe(self, sub: Subscription[Any]) -> None:
-        """End ``sub`` here at once and at the gateway (what ``sub.unsubscribe()`` does)."""
-        if sub.ended or sub not in self._subs:
-            return
-        assert isinstance(sub, AnySubscription)
-        self._subs.forget(sub)
-        sub._end(SubState.ENDED, NatsgateError("closed", "unsubscribed"))
-        if self._state is not ClientState.OPEN:
-            return  # nothing of it is left at the gateway
-        try:
-            await self._request(sub.unwire(), REQUEST_TIMEOUT, lost_ok=True)
-        except NatsgateError as exc:
-            log.debug("natsgate: %s %s: %s", sub.unop, sub.target, exc)
+        """Queue the op that (re)creates ``sub``; its answer goes to ``sub``."""
+        self._out.append(encode(self._pending.subscribe(sub)))
 
     # ================================================================== receiving
 
@@ -529,7 +407,7 @@ class Connection(Emitter):
                 if op == "msg":
                     self._subs.route(env)
                 elif op == "reply" or op == "pong":
-                    self._on_reply(env)
+                    self._pending.reply(env)
                 elif op == "error":
                     self._on_error(env)
                 elif op == "cap_update":
@@ -538,40 +416,13 @@ class Connection(Emitter):
             except msgspec.DecodeError as exc:
                 self._emit("error", NatsgateError("protocol", f"bad {op} envelope: {exc}"))
 
-    def _on_reply(self, env: Envelope) -> None:
-        p = self._pending.pop(env.inbox, None) if env.inbox is not None else None
-        if p is None:
-            return  # late (timed out) or not ours
-        if isinstance(p, _Request):
-            if not p.fut.done():
-                p.fut.set_result(env)
-            return
-        data = decode_any(env.data)
-        sub = p.sub
-        sub._on_reply(data if isinstance(data, dict) else {})
-        if isinstance(sub, JsSubscription) and sub.gap and not sub.ended:
-            self._emit("gap", sub)
-
     def _on_error(self, env: Envelope) -> None:
         err = error_from(env)
-        p = self._pending.pop(env.inbox, None) if env.inbox is not None else None
-        if p is None:
-            if err.code == "unauthorized":
-                self._saw_unauthorized = True
-            self._emit("error", err)
+        if self._pending.error(env, err):
             return
-        if isinstance(p, _Request):
-            if not p.fut.done():
-                p.fut.set_exception(err)
-            return
-        sub = p.sub
-        if sub.ended:
-            return
-        first = not sub._first.done()
-        self._subs.forget(sub)
-        sub._end(SubState.ENDED, err)
-        if not first:  # a re-subscribe was refused: nobody awaits it
-            self._emit("error", err)
+        if err.code == "unauthorized":  # about the connection, not one op
+            self._saw_unauthorized = True
+        self._emit("error", err)
 
     def _on_cap_update(self, env: Envelope) -> None:
         w = decode_cap_update(env.data)

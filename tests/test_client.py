@@ -20,7 +20,10 @@ from nats.js.api import StorageType
 
 from natsgate import client as ng
 from natsgate.auth import mint_token
+from natsgate.client.durable import DurableSubscription
+from natsgate.client.registry import Registry
 from natsgate.client.subscriptions import CoreSubscription, JsSubscription, KvSubscription
+from natsgate.client.wire import RevokedWire, decode_durables, decode_envelope
 from natsgate.config import Config
 from natsgate.natsrunner import NatsServer
 
@@ -234,6 +237,178 @@ async def test_frames_are_split_and_routed_without_a_socket() -> None:
     ]
     assert [m.seq for m in room.items] == [3, 5]
     assert [m.seq for m in every.items] == [3, 4]
+
+
+class AckOwner:
+    """What a durable needs from its client, without a socket: acks are recorded."""
+
+    def __init__(self) -> None:
+        self.acks: list[tuple[str, str, int, dict[str, Any]]] = []
+
+    def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        return asyncio.create_task(coro, name=name)
+
+    async def unsubscribe(self, sub: Any, *, delete: bool = False) -> None:
+        pass
+
+    async def js_ack(self, stream: str, durable: str, seq: int, **how: Any) -> None:
+        self.acks.append((stream, durable, seq, how))
+
+
+def durable_sub(owner: Any, handler: Any, **kw: Any) -> DurableSubscription:
+    kw.setdefault("durable", "inbox")
+    return DurableSubscription(owner, "S", handler, **kw)
+
+
+async def test_durable_wire_and_checks() -> None:
+    """A durable's js_sub names it and carries what makes it, with no sequence
+    bookkeeping: a rebind after a reconnect is the same op, except that ``reset`` goes
+    only until the first reply (contract: durable subscriptions)."""
+    owner = AckOwner()
+    s = durable_sub(
+        owner, print, ack="explicit", ack_wait_ms=5000, filter="n.a", batch=10, start_seq=1
+    )
+    first = {
+        "durable": "inbox",
+        "ack": "explicit",
+        "ack_wait_ms": 5000,
+        "start_seq": 1,
+        "batch": 10,
+        "filter": "n.a",
+    }
+    assert s.wire().op == "js_sub" and s.wire().data == first
+    assert s.key == ("js_durable", "S", "inbox")
+    again = durable_sub(owner, print, reset=True)
+    assert again.wire().data == {"durable": "inbox", "reset": True}
+    again._resending()  # the first reply never came: still to be made afresh
+    assert again.wire().data == {"durable": "inbox", "reset": True}
+    again._on_reply({"ok": True, "durable": "inbox", "pending": 3, "ack_pending": 0})
+    assert again.wire().data == {"durable": "inbox"}  # a rebind keeps the position
+    assert again.unwire().data == {"durable": "inbox"}
+    assert again.unwire(delete=True).data == {"durable": "inbox", "delete": True}
+
+    for bad in ({"durable": ""}, {"durable": "a.b"}, {"durable": "x" * 33}):
+        with pytest.raises(ng.NatsgateError) as info:
+            durable_sub(owner, print, **bad)
+        assert info.value.code == "bad_request"
+    wrong: list[dict[str, Any]] = [{"ack": "all"}, {"ack_wait_ms": 999}, {"ack_wait_ms": 600_001}]
+    for bad in wrong:
+        with pytest.raises(ng.NatsgateError):
+            durable_sub(owner, print, **bad)
+    c = ng.Client("ws://127.0.0.1:1/ws")
+    for plain in ({"ack": "explicit"}, {"ack_wait_ms": 5000}, {"reset": True}):
+        with pytest.raises(ng.NatsgateError) as info:
+            await c.js_subscribe("S", print, **plain)
+        assert info.value.code == "bad_request"
+
+
+async def test_durable_frames_are_routed_and_acked_without_a_socket() -> None:
+    """A frame naming a durable goes to that durable only (not to a plain subscription
+    with the same filter), redeliveries included; each message is settled once, and only
+    while the connection it came on lasts."""
+    owner = AckOwner()
+    subs = Registry()
+    inbox: Collect[ng.JsMessage] = Collect()
+    other: Collect[ng.JsMessage] = Collect()
+    plain: Collect[ng.JsMessage] = Collect()
+    quiet: Collect[ng.JsMessage] = Collect()
+    opts: dict[str, Any] = {"start_seq": None, "start_time": None, "batch": None}
+    sub = subs.add(durable_sub(owner, inbox, ack="explicit", filter="n.a"))
+    subs.add(durable_sub(owner, other, durable="other", ack="explicit", filter="n.a"))
+    subs.add(durable_sub(owner, quiet, durable="quiet"))
+    subs.add(JsSubscription(owner, "S", plain, filter="n.a", **opts))
+    with pytest.raises(ng.NatsgateError):
+        subs.add(durable_sub(owner, inbox))  # the same durable twice
+
+    def msg(seq: int, delivery: int | None, durable: str | None = "inbox") -> None:
+        data: dict[str, Any] = {"seq": seq, "subject": "n.a", "payload": {"n": seq}}
+        if delivery is not None:
+            data["delivery"] = delivery
+        env: dict[str, Any] = {"op": "msg", "target": "js:S", "sub": "n.a", "data": data}
+        if durable is not None:
+            env["durable"] = durable
+        subs.route(decode_envelope(json.dumps(env).encode()))
+
+    msg(1, 1)
+    msg(2, 1)
+    msg(1, 2)  # redelivered: a durable drops nothing by sequence
+    msg(1, 1, None)
+    msg(3, 1, "other")
+    msg(4, None, "quiet")
+    msg(5, 1, "gone")  # a durable this client is not bound to
+    assert [(m.seq, m.delivery, m.payload) for m in inbox.items] == [
+        (1, 1, {"n": 1}),
+        (2, 1, {"n": 2}),
+        (1, 2, {"n": 1}),
+    ]
+    assert [m.seq for m in other.items] == [3] and [m.seq for m in plain.items] == [1]
+    assert [(m.seq, m.delivery) for m in quiet.items] == [(4, None)]
+    assert sub.last_seq == 2
+
+    one, two, again = inbox.items
+    await one.ack()
+    await two.nak(delay_ms=5000)
+    await again.term()
+    await other.items[0].nak()
+    assert owner.acks == [
+        ("S", "inbox", 1, {}),
+        ("S", "inbox", 2, {"nak": True, "delay_ms": 5000}),
+        ("S", "inbox", 1, {"term": True}),
+        ("S", "other", 3, {"nak": True}),
+    ]
+    for settle in (one.ack(), one.nak(), two.term()):  # each message once
+        with pytest.raises(ng.NatsgateError) as info:
+            await settle
+        assert info.value.code == "bad_request"
+    with pytest.raises(ng.NatsgateError) as info:
+        await quiet.items[0].ack()  # ack "none": nothing to settle
+    assert info.value.code == "bad_request"
+    assert one == ng.JsMessage(1, "n.a", {"n": 1}, None, None, 1)  # acks are not compared
+
+    msg(6, 1)
+    sub._pause()  # the socket dropped: the gateway forgot what it delivered on it
+    with pytest.raises(ng.NatsgateError) as info:
+        await inbox.items[-1].ack()
+    assert info.value.code == "disconnected" and len(owner.acks) == 4
+    sub._resending()
+    msg(6, 2)
+    await inbox.items[-1].ack()
+    assert owner.acks[-1] == ("S", "inbox", 6, {})
+    msg(7, 1)
+    subs.forget(sub)
+    sub._end(ng.SubState.ENDED, None)
+    with pytest.raises(ng.NatsgateError) as info:
+        await inbox.items[-1].ack()
+    assert info.value.code == "closed"
+
+
+async def test_durables_reply_and_revocation() -> None:
+    """``js_durables`` decodes to DurableInfo; a revocation naming a durable ends it, one
+    naming only a stream and filter ends every subscription with them."""
+    body = b'{"durables":[{"name":"inbox","filter":"n.a","pending":2,"ack_pending":1},'
+    body += b'{"name":"all","pending":0,"ack_pending":0}]}'
+    got = [(d.name, d.filter, d.pending, d.ack_pending) for d in decode_durables(body).durables]
+    assert got == [("inbox", "n.a", 2, 1), ("all", None, 0, 0)]
+
+    owner = AckOwner()
+    subs = Registry()
+    opts: dict[str, Any] = {"start_seq": None, "start_time": None, "batch": None}
+    named = subs.add(durable_sub(owner, print, durable="a", filter="n.a"))
+    same_filter = subs.add(durable_sub(owner, print, durable="b", filter="n.b"))
+    plain = subs.add(JsSubscription(owner, "S", print, filter="n.b", **opts))
+    kept = subs.add(durable_sub(owner, print, durable="c", filter="n.c"))
+    revoked = [
+        RevokedWire("js_sub", "S", filter="n.a", durable="a"),
+        RevokedWire("js_sub", "S", filter="n.b"),
+    ]
+    update = subs.revoke({}, revoked)
+    assert update.revoked == [
+        {"op": "js_sub", "target": "S", "filter": "n.a", "durable": "a"},
+        {"op": "js_sub", "target": "S", "filter": "n.b"},
+    ]
+    assert update.ended == [named, plain, same_filter]
+    assert all(s.state is ng.SubState.REVOKED for s in update.ended)
+    assert list(subs) == [kept] and subs.durable("S", "c") is kept
 
 
 # --------------------------------------------------------------------------- live

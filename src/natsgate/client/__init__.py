@@ -20,6 +20,7 @@ from typing import Unpack
 
 from ..errors import CLOSE_INFO, CloseAction, CloseCode, CloseInfo, close_action
 from .client import Client
+from .durable import DurableSubscription
 from .options import ClientOptions, TokenProvider
 from .reconnect import backoff_delay
 from .registry import CapUpdate
@@ -33,6 +34,7 @@ from .subscriptions import (
 from .wire import (
     ClientState,
     DisconnectInfo,
+    DurableInfo,
     Headers,
     JsMessage,
     KvEvent,
@@ -90,6 +92,8 @@ __all__ = [
     "CloseInfo",
     "CoreSubscription",
     "DisconnectInfo",
+    "DurableInfo",
+    "DurableSubscription",
     "Headers",
     "JsMessage",
     "JsSubscription",

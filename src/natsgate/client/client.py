@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import datetime
-from typing import Any
+from typing import Any, overload
 
 import aiohttp
 
 from .connection import REQUEST_TIMEOUT, Connection
+from .durable import AckMode, DurableSubscription
 from .registry import S
 from .subscriptions import (
     AnySubscription,
@@ -26,12 +27,14 @@ from .subscriptions import (
 )
 from .wire import (
     ClientState,
+    DurableInfo,
     JsMessage,
     KvEvent,
     Message,
     NatsgateError,
     Op,
     decode_any,
+    decode_durables,
     encode,
     payload,
 )
@@ -79,19 +82,33 @@ class Client(Connection):
             raise
         return sub
 
-    async def unsubscribe(self, sub: Subscription[Any]) -> None:
-        """End ``sub`` here at once and at the gateway (what ``sub.unsubscribe()`` does)."""
-        if sub.ended or sub not in self._subs:
+    async def unsubscribe(self, sub: Subscription[Any], *, delete: bool = False) -> None:
+        """End ``sub`` here at once and at the gateway (what ``sub.unsubscribe()`` does).
+        ``delete`` (durables only): delete the durable on the NATS server too; that waits
+        for a connection and raises what the gateway answers."""
+        if delete:
+            if not isinstance(sub, DurableSubscription):
+                raise NatsgateError(
+                    "bad_request", "only a durable can be deleted", target=sub.target
+                )
+            self._end_sub(sub)
+            await self._request(sub.unwire(delete=True), REQUEST_TIMEOUT)
             return
-        assert isinstance(sub, AnySubscription)
-        self._subs.forget(sub)
-        sub._end(SubState.ENDED, NatsgateError("closed", "unsubscribed"))
-        if self._state is not ClientState.OPEN:
+        if not self._end_sub(sub) or self._state is not ClientState.OPEN:
             return  # nothing of it is left at the gateway
         try:
             await self._request(sub.unwire(), REQUEST_TIMEOUT, lost_ok=True)
         except NatsgateError as exc:
             log.debug("natsgate: %s %s: %s", sub.unop, sub.target, exc)
+
+    def _end_sub(self, sub: Subscription[Any]) -> bool:
+        """End ``sub`` here; False when it had ended already."""
+        if sub.ended or sub not in self._subs:
+            return False
+        assert isinstance(sub, AnySubscription)
+        self._subs.forget(sub)
+        sub._end(SubState.ENDED, NatsgateError("closed", "unsubscribed"))
+        return True
 
     async def subscribe(self, subject: str, handler: Handler[Message]) -> CoreSubscription:
         """A core subscription; returns once the gateway confirmed it."""
@@ -104,6 +121,7 @@ class Client(Connection):
         reach ``handler`` (``snapshot=True``) before this returns."""
         return await self._add(KvSubscription(self, bucket, pattern, handler))
 
+    @overload
     async def js_subscribe(
         self,
         stream: str,
@@ -113,10 +131,68 @@ class Client(Connection):
         start_time: datetime | str | None = None,
         batch: int | None = None,
         filter: str | None = None,
+        durable: None = None,
+    ) -> JsSubscription: ...
+    @overload
+    async def js_subscribe(
+        self,
+        stream: str,
+        handler: Handler[JsMessage],
+        *,
+        start_seq: int | None = None,
+        start_time: datetime | str | None = None,
+        batch: int | None = None,
+        filter: str | None = None,
+        durable: str,
+        ack: AckMode = "none",
+        ack_wait_ms: int | None = None,
+        reset: bool = False,
+    ) -> DurableSubscription: ...
+    async def js_subscribe(
+        self,
+        stream: str,
+        handler: Handler[JsMessage],
+        *,
+        start_seq: int | None = None,
+        start_time: datetime | str | None = None,
+        batch: int | None = None,
+        filter: str | None = None,
+        durable: str | None = None,
+        ack: AckMode = "none",
+        ack_wait_ms: int | None = None,
+        reset: bool = False,
     ) -> JsSubscription:
         """Ordered delivery from ``stream``: from ``start_seq`` (inclusive), from
         ``start_time``, or (neither) only messages stored from now on. Its ``reply_data``
-        holds the stream's ``first_seq``, ``last_seq`` and ``gap``."""
+        holds the stream's ``first_seq``, ``last_seq`` and ``gap``.
+
+        With ``durable`` (a name, 1-32 of ``A-Za-z0-9_-``) the position lives on the NATS
+        server: a :class:`DurableSubscription`, bound again by name after a reconnect, and
+        by any later ``js_subscribe`` of the same user, stream and name. ``start_seq``,
+        ``start_time`` and ``filter`` then apply when the durable is made (``reset``:
+        make it afresh). ``ack="explicit"``: each message must be settled with
+        ``await msg.ack()`` (or ``nak()``, ``term()``), or it comes again after
+        ``ack_wait_ms`` (1000-600000, gateway default 30000)."""
+        if durable is not None:
+            return await self._add(
+                DurableSubscription(
+                    self,
+                    stream,
+                    handler,
+                    durable=durable,
+                    ack=ack,
+                    ack_wait_ms=ack_wait_ms,
+                    reset=reset,
+                    start_seq=start_seq,
+                    start_time=start_time,
+                    batch=batch,
+                    filter=filter,
+                )
+            )
+        if ack != "none" or ack_wait_ms is not None or reset:
+            raise NatsgateError(
+                "bad_request", "ack, ack_wait_ms and reset need a durable", target=stream
+            )
         sub = JsSubscription(
             self,
             stream,
@@ -127,6 +203,46 @@ class Client(Connection):
             filter=filter,
         )
         return await self._add(sub)
+
+    async def js_ack(
+        self,
+        stream: str,
+        durable: str,
+        seq: int,
+        *,
+        nak: bool = False,
+        delay_ms: int | None = None,
+        term: bool = False,
+    ) -> None:
+        """The ``js_ack`` op, for message ``seq`` of ``durable``; returns once the gateway
+        says the NATS server has it. ``JsMessage.ack()``, ``nak()`` and ``term()`` call
+        this (only while the connection the message came on lasts)."""
+        data: dict[str, Any] = {"durable": durable, "seq": seq}
+        if nak:
+            data["nak"] = True
+            if delay_ms is not None:
+                data["delay_ms"] = delay_ms
+        if term:
+            data["term"] = True
+        await self._request(Op("js_ack", target=stream, data=data), REQUEST_TIMEOUT)
+
+    async def durables(self, stream: str) -> list[DurableInfo]:
+        """The user's durables of ``stream`` (``js_durables``), bound or not."""
+        env = await self._request(Op("js_durables", target=stream), REQUEST_TIMEOUT)
+        return [
+            DurableInfo(d.name, d.filter, d.pending, d.ack_pending)
+            for d in decode_durables(env.data).durables
+        ]
+
+    async def delete_durable(self, stream: str, durable: str) -> None:
+        """Delete ``durable`` of ``stream`` on the NATS server (ending this client's
+        subscription to it, if any)."""
+        sub = self._subs.durable(stream, durable)
+        if sub is not None:
+            await self.unsubscribe(sub, delete=True)
+            return
+        data = {"durable": durable, "delete": True}
+        await self._request(Op("js_unsub", target=stream, data=data), REQUEST_TIMEOUT)
 
     async def publish(self, subject: str, data: Any = None, *, ack: bool = True) -> None:
         """Publish ``data`` (sent to NATS as its JSON encoding). With ``ack`` wait until

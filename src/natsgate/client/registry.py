@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from .durable import DurableSubscription
 from .subscriptions import (
     AnySubscription,
     CoreSubscription,
@@ -38,7 +39,7 @@ from .wire import (
     payload,
 )
 
-S = TypeVar("S", CoreSubscription, KvSubscription, JsSubscription)
+S = TypeVar("S", CoreSubscription, KvSubscription, JsSubscription, DurableSubscription)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +60,8 @@ class Registry:
         self._all: dict[SubKey, AnySubscription] = {}
         self._core: dict[str, CoreSubscription] = {}
         self._kv: dict[str, list[KvSubscription]] = {}
-        self._js: dict[str, list[JsSubscription]] = {}
+        self._js: dict[str, list[JsSubscription]] = {}  # not durables
+        self._durables: dict[tuple[str, str], DurableSubscription] = {}  # (stream, name)
 
     def __iter__(self) -> Iterator[AnySubscription]:
         return iter(list(self._all.values()))
@@ -79,7 +81,9 @@ class Registry:
                 f"already subscribed: {sub.op} {sub.target} {sub.pattern}",
                 target=sub.target,
             )
-        if isinstance(sub, JsSubscription):
+        if isinstance(sub, DurableSubscription):
+            self._durables[(sub.target, sub.durable)] = sub
+        elif isinstance(sub, JsSubscription):
             self._js.setdefault(sub.target, []).append(sub)
         elif isinstance(sub, KvSubscription):
             self._kv.setdefault(sub.target, []).append(sub)
@@ -98,6 +102,8 @@ class Registry:
             self._kv[sub.target].remove(sub)
             if not self._kv[sub.target]:
                 del self._kv[sub.target]
+        elif isinstance(sub, DurableSubscription):
+            del self._durables[(sub.target, sub.durable)]
         else:
             self._js[sub.target].remove(sub)
             if not self._js[sub.target]:
@@ -110,6 +116,10 @@ class Registry:
         self._core.clear()
         self._kv.clear()
         self._js.clear()
+        self._durables.clear()
+
+    def durable(self, stream: str, name: str) -> DurableSubscription | None:
+        return self._durables.get((stream, name))
 
     def revoke(self, caps: dict[str, Any], revoked: list[RevokedWire]) -> CapUpdate:
         """End what a ``cap_update`` names; the update as the ``cap_update`` event."""
@@ -118,6 +128,7 @@ class Registry:
         for r in revoked:
             item = {"op": r.op, "target": r.target}
             key: SubKey
+            durables: list[DurableSubscription] = []
             if r.op == "kv_sub":
                 item["pattern"] = r.pattern or ">"
                 key = ("kv_sub", r.target, r.pattern or ">")
@@ -125,11 +136,21 @@ class Registry:
                 if r.filter is not None:
                     item["filter"] = r.filter
                 key = ("js_sub", r.target, r.filter or "")
+                if r.durable is not None:
+                    item["durable"] = r.durable
+                    key = ("js_durable", r.target, r.durable)
+                else:  # the grant is lost for every subscription of this stream and filter
+                    durables = [
+                        d
+                        for (stream, _), d in self._durables.items()
+                        if stream == r.target and d.filter == r.filter
+                    ]
             else:
                 key = ("sub", r.target, "")
             described.append(item)
-            sub = self._all.get(key)
-            if sub is not None:
+            found = self._all.get(key)
+            hit: list[AnySubscription] = [found, *durables] if found is not None else [*durables]
+            for sub in hit:
                 self.forget(sub)
                 why = NatsgateError("forbidden", "revoked by a capability update", target=r.target)
                 sub._end(SubState.REVOKED, why)
@@ -147,6 +168,11 @@ class Registry:
             if kv:
                 return self._route_kv(kv, env)
         elif target.startswith("js:"):
+            if env.durable is not None:  # only JetStream frames name a durable
+                durable = self._durables.get((target[3:], env.durable))
+                if durable is not None:
+                    durable._take(decode_js(env.data), env)
+                return
             js = self._js.get(target[3:])
             if js:
                 return self._route_js(js, env)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import base64
 import enum
-from dataclasses import dataclass
-from typing import Any
+import re
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import msgspec
 from msgspec import UNSET, Raw, Struct, UnsetType
@@ -82,14 +83,70 @@ class KvEvent(Struct):
     pattern: str = ""
 
 
-class JsMessage(Struct):
-    """A JetStream ``msg``: ``seq`` is the stream sequence, ``time`` RFC 3339."""
+class Acks(Protocol):
+    """Where a message's acknowledgement goes: the binding of the durable it came on."""
+
+    async def settle(self, seq: int, how: dict[str, Any]) -> None: ...
+
+
+@dataclass(slots=True)
+class JsMessage:
+    """A JetStream ``msg``: ``seq`` is the stream sequence, ``time`` RFC 3339.
+
+    From a durable with explicit acks (contract section 3, durable subscriptions),
+    ``delivery`` counts its deliveries (1 the first time) and the handler settles it with
+    one of :meth:`ack`, :meth:`nak` or :meth:`term`, once; otherwise ``delivery`` is None.
+    """
 
     seq: int
     subject: str
     payload: Any
     time: str | None = None
     headers: Headers | None = None
+    delivery: int | None = None
+    _acks: Acks | None = field(default=None, repr=False, compare=False)
+    _settled: bool = field(default=False, repr=False, compare=False)
+
+    async def ack(self) -> None:
+        """Handled: NATS will not deliver it again. Returns once the gateway says the
+        NATS server has the ack."""
+        await self._settle({})
+
+    async def nak(self, delay_ms: int | None = None) -> None:
+        """Not handled: deliver it again, after ``delay_ms`` milliseconds when given."""
+        await self._settle(
+            {"nak": True} if delay_ms is None else {"nak": True, "delay_ms": delay_ms}
+        )
+
+    async def term(self) -> None:
+        """Never deliver it again, handled or not."""
+        await self._settle({"term": True})
+
+    async def _settle(self, how: dict[str, Any]) -> None:
+        if self._acks is None:
+            raise NatsgateError(
+                "bad_request", f"message {self.seq} needs no ack: not from explicit acks"
+            )
+        if self._settled:
+            raise NatsgateError("bad_request", f"message {self.seq} was settled already")
+        self._settled = True
+        await self._acks.settle(self.seq, how)
+
+
+@dataclass(frozen=True, slots=True)
+class DurableInfo:
+    """One of the user's durables of a stream (``js_durables``): its ``filter`` (None for
+    the whole stream), messages not yet delivered (``pending``) and delivered but not
+    acked (``ack_pending``)."""
+
+    name: str
+    filter: str | None
+    pending: int
+    ack_pending: int
+
+
+DURABLE_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")  # contract: durable names
+MIN_ACK_WAIT_MS, MAX_ACK_WAIT_MS = 1_000, 600_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +177,7 @@ class Envelope(Struct):
     inbox: str | None = None
     data: Raw = Raw(b"null")
     sub: str | None = None
+    durable: str | None = None  # a durable's msg names it (contract: durable subscriptions)
     enc: str | None = None
     headers: Headers | None = None
     v: int = 1
@@ -141,6 +199,18 @@ class JsWire(Struct):
     payload: Any = None
     enc: str | None = None
     time: str | None = None
+    delivery: int | None = None
+
+
+class DurableWire(Struct):
+    name: str
+    filter: str | None = None
+    pending: int = 0
+    ack_pending: int = 0
+
+
+class DurablesWire(Struct):
+    durables: list[DurableWire] = []
 
 
 class ErrorBody(Struct):
@@ -153,6 +223,7 @@ class RevokedWire(Struct):
     target: str
     pattern: str | None = None
     filter: str | None = None
+    durable: str | None = None
 
 
 class CapUpdateWire(Struct):
@@ -166,6 +237,7 @@ decode_kv = msgspec.json.Decoder(KvWire).decode
 decode_js = msgspec.json.Decoder(JsWire).decode
 decode_error_body = msgspec.json.Decoder(ErrorBody).decode
 decode_cap_update = msgspec.json.Decoder(CapUpdateWire).decode
+decode_durables = msgspec.json.Decoder(DurablesWire).decode
 
 B64 = "base64"
 

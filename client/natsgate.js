@@ -9,7 +9,9 @@
 //   natsgate/subjects.js       subject matching and the capability covering rule
 //   natsgate/wire.js           the envelope: types, encode, decode (pure)
 //   natsgate/emitter.js        typed events and the state-machine helper
-//   natsgate/subscriptions.js  core, KV and JetStream subscriptions; routing a `msg`
+//   natsgate/subscriptions.js  core, KV and JetStream subscriptions
+//   natsgate/durables.js       durable JetStream subscriptions, messages to ack
+//   natsgate/routing.js        which subscriptions a server `msg` is for
 //   natsgate/client.js         NatsgateClient and connect(): the connection state machine
 //
 // Each imports only the ones above it in this list. Everything exported here is the API;
@@ -18,13 +20,14 @@
 export { CLOSE_CODES, NatsgateError, backoffDelay, closeAction } from "./natsgate/errors.js";
 export { coveredByAny, covers, subjectMatches } from "./natsgate/subjects.js";
 export {
-  base64ToBytes, decodeEnvelope, decodeFrame, decodeJsMessage, decodeKvEntry, decodeKvMarker,
-  decodePayload, encodeEnvelope, errorFromEnvelope, jwtExpiry, parseRevoked, resolveUrl,
+  base64ToBytes, decodeDelivery, decodeDurables, decodeEnvelope, decodeFrame, decodeJsMessage,
+  decodeKvEntry, decodeKvMarker, decodePayload, encodeEnvelope, errorFromEnvelope, jwtExpiry, parseRevoked, resolveUrl,
   splitFrame, withToken,
 } from "./natsgate/wire.js";
 export {
   CoreSubscription, JsSubscription, KvSubscription, StreamCursor, Subscription,
 } from "./natsgate/subscriptions.js";
+export { DurableSubscription, JsAckMessage } from "./natsgate/durables.js";
 export { CLIENT_TRANSITIONS, NatsgateClient, connect } from "./natsgate/client.js";
 
 /** @typedef {import("./natsgate/errors.js").ErrorCode} ErrorCode */
@@ -36,9 +39,13 @@ export { CLIENT_TRANSITIONS, NatsgateClient, connect } from "./natsgate/client.j
 /** @typedef {import("./natsgate/wire.js").CoreMessage} CoreMessage */
 /** @typedef {import("./natsgate/wire.js").KvEntry} KvEntry */
 /** @typedef {import("./natsgate/wire.js").JsMessage} JsMessage */
+/** @typedef {import("./natsgate/wire.js").DurableInfo} DurableInfo */
 /** @typedef {import("./natsgate/subscriptions.js").SubscriptionState} SubscriptionState */
 /** @typedef {import("./natsgate/subscriptions.js").SubscriptionEvents} SubscriptionEvents */
 /** @typedef {import("./natsgate/subscriptions.js").JsOptions} JsOptions */
+/** @typedef {import("./natsgate/durables.js").DurableOptions} DurableOptions */
+/** @typedef {import("./natsgate/durables.js").DurableAckOptions} DurableAckOptions */
+/** @typedef {import("./natsgate/durables.js").AckKind} AckKind */
 /** @typedef {import("./natsgate/client.js").ClientState} ClientState */
 /** @typedef {import("./natsgate/client.js").ClientEvents} ClientEvents */
 /** @typedef {import("./natsgate/client.js").CapUpdate} CapUpdate */

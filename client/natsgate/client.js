@@ -7,12 +7,15 @@
 
 import { CLOSE_CODES, NatsgateError, backoffDelay, closeAction } from "./errors.js";
 import { Emitter, StateMachine, rethrowLater } from "./emitter.js";
+import { DurableSubscription } from "./durables.js";
+import { routeMsg } from "./routing.js";
+import { normPattern } from "./subjects.js";
 import {
-  CoreSubscription, JsSubscription, KvSubscription, Subscription, routeMsg, subscriptionKey,
+  CoreSubscription, JsSubscription, KvSubscription, Subscription, durableKey, subscriptionKey,
 } from "./subscriptions.js";
 import {
-  decodeFrame, decodePayload, encodeEnvelope, errorFromEnvelope, isList, isRecord, jwtExpiry,
-  parseRevoked, resolveUrl, withToken,
+  decodeDurables, decodeFrame, decodePayload, encodeEnvelope, errorFromEnvelope, isList, isRecord,
+  jwtExpiry, parseRevoked, resolveUrl, withToken,
 } from "./wire.js";
 
 /** @typedef {import("./wire.js").Caps} Caps */
@@ -20,7 +23,12 @@ import {
 /** @typedef {import("./wire.js").Envelope} Envelope */
 /** @typedef {import("./wire.js").JsMessage} JsMessage */
 /** @typedef {import("./wire.js").KvEntry} KvEntry */
+/** @typedef {import("./wire.js").DurableInfo} DurableInfo */
 /** @typedef {import("./subscriptions.js").JsOptions} JsOptions */
+/** @typedef {import("./subscriptions.js").SubscriptionOwner} SubscriptionOwner */
+/** @typedef {import("./durables.js").DurableOptions} DurableOptions */
+/** @typedef {import("./durables.js").DurableAckOptions} DurableAckOptions */
+/** @typedef {import("./durables.js").JsAckMessage} JsAckMessage */
 
 /** @typedef {"connecting" | "open" | "reconnecting" | "closed"} ClientState */
 
@@ -156,6 +164,13 @@ export class NatsgateClient {
   #waiters = [];
   /** @type {{retry?: Timer, stable?: Timer, connect?: Timer, refresh?: Timer, ping?: ReturnType<typeof setInterval>}} */
   #timers = {};
+  /** @type {SubscriptionOwner} handed to every subscription this client tracks */
+  #owner = {
+    release: (sub) => this.#release(sub),
+    post: (env) => this.#send(env),
+    ask: (env) => this.#request(env, this.#opts.requestTimeoutMs, { queue: false }),
+    deleteDurable: (stream, durable) => this.deleteDurable(stream, durable),
+  };
 
   /**
    * @param {string | undefined} url
@@ -257,14 +272,84 @@ export class NatsgateClient {
   }
 
   /**
+   * A durable subscription with explicit acks: the handler gets `JsAckMessage`s to `ack()`,
+   * `nak()` or `term()`; what is not acked comes again (at least once).
+   * @overload
+   * @param {string} stream
+   * @param {DurableAckOptions} options
+   * @param {(msg: JsAckMessage) => void} handler
+   * @returns {DurableSubscription<JsAckMessage>}
+   */
+  /**
+   * A durable subscription: the NATS server keeps the position under `durable`; after a
+   * reconnect it binds again by name. `ready` adds `durable`, `pending`, `ack_pending`.
+   * @overload
+   * @param {string} stream
+   * @param {DurableOptions} options
+   * @param {(msg: JsMessage) => void} handler
+   * @returns {DurableSubscription<JsMessage>}
+   */
+  /**
    * Ordered delivery from a JetStream stream; resumes without gap or duplicate on reconnect.
    * `ready` resolves to the reply data: `{ok, first_seq, last_seq, gap?}`.
+   * @overload
    * @param {string} stream
    * @param {JsOptions} options
    * @param {(msg: JsMessage) => void} handler
+   * @returns {JsSubscription}
+   */
+  /**
+   * @param {string} stream
+   * @param {JsOptions | DurableOptions | DurableAckOptions} options
+   * @param {((msg: JsMessage) => void) | ((msg: JsAckMessage) => void)} handler
+   * @returns {JsSubscription | DurableSubscription<JsMessage> | DurableSubscription<JsAckMessage>}
    */
   jsSubscribe(stream, options, handler) {
-    return this.#track(new JsSubscription(stream, options ?? {}, handler));
+    const opts = options ?? {};
+    if ("durable" in opts && opts.durable !== undefined) {
+      return this.#track(opts.ack === "explicit"
+        ? new DurableSubscription(stream, opts, /** @type {(msg: JsAckMessage) => void} */ (handler))
+        : new DurableSubscription(stream, opts, /** @type {(msg: JsMessage) => void} */ (handler)));
+    }
+    const sub = new JsSubscription(stream, opts, /** @type {(msg: JsMessage) => void} */ (handler));
+    if ("ack" in opts && opts.ack === "explicit") {
+      // the gateway's rule, kept here so the mistake shows at once
+      sub._end("ended", new NatsgateError("bad_request", '"ack": "explicit" needs a "durable"', { target: stream }));
+      return sub;
+    }
+    return this.#track(sub);
+  }
+
+  /**
+   * The user's durables of a stream, with how many messages each has not delivered yet
+   * (`pending`) and delivered but not seen acked (`ackPending`).
+   * @param {string} stream
+   * @param {{timeoutMs?: number}} [options]
+   * @returns {Promise<DurableInfo[]>}
+   */
+  durables(stream, options = {}) {
+    const env = { op: "js_durables", target: stream };
+    return this.#request(env, options.timeoutMs ?? this.#opts.requestTimeoutMs).then(decodeDurables);
+  }
+
+  /**
+   * Delete a durable on the server (its position is gone); ends this client's subscription
+   * bound to it, if any. Resolves on the gateway's acknowledgement; rejects with its error
+   * (`not_found`: no such durable) or `timeout`. Sent when open, or on the next open.
+   * @param {string} stream
+   * @param {string} durable
+   * @param {{timeoutMs?: number}} [options]
+   * @returns {Promise<void>}
+   */
+  deleteDurable(stream, durable, options = {}) {
+    const key = durableKey(stream, durable);
+    const sub = this.#subs.get(key);
+    if (sub) {
+      this.#subs.delete(key);
+      sub._end("ended", new NatsgateError("closed", "durable deleted before it was ready", { target: stream }));
+    }
+    const env = { op: "js_unsub", target: stream, data: { durable, delete: true } };
+    return this.#request(env, options.timeoutMs ?? this.#opts.requestTimeoutMs).then(() => undefined);
   }
 
   /**
@@ -531,9 +616,11 @@ export class NatsgateClient {
    * drop while in flight, or on close.
    * @param {Envelope} env
    * @param {number} timeoutMs
+   * @param {{queue?: boolean}} [options] queue: false rejects with `disconnected` at once
+   *   when it cannot go out on the current socket
    * @returns {Promise<unknown>}
    */
-  #request(env, timeoutMs) {
+  #request(env, timeoutMs, options = {}) {
     if (this.#state === "closed") return Promise.reject(new NatsgateError("closed", "client is closed"));
     const inbox = this.#nextInbox();
     return new Promise((resolve, reject) => {
@@ -545,6 +632,11 @@ export class NatsgateClient {
       const pending = { kind: "request", env, sent: false, timer, resolve, reject };
       this.#pending.set(inbox, pending);
       pending.sent = this.#send({ ...env, inbox });
+      if (!pending.sent && options.queue === false) {
+        clearTimeout(timer);
+        this.#pending.delete(inbox);
+        reject(new NatsgateError("disconnected", `not connected: ${env.op} ${env.target ?? ""} not sent`, { target: env.target }));
+      }
     });
   }
 
@@ -563,7 +655,7 @@ export class NatsgateClient {
       sub._end("ended", new NatsgateError("bad_request", `already subscribed: ${sub.kind} ${sub.target} ${sub.pattern ?? ""}`, { target: sub.target }));
       return sub;
     }
-    sub._release = (s) => this.#release(s);
+    sub._owner = this.#owner;
     this.#subs.set(key, sub);
     if (this.#state === "open") this.#sendSub(sub);
     return sub;
@@ -692,17 +784,37 @@ export class NatsgateClient {
     for (const item of revoked) {
       const r = parseRevoked(item);
       if (!r) continue;
-      const key = subscriptionKey(r.kind, r.target, r.pattern);
-      const sub = this.#subs.get(key);
-      if (!sub) continue;
-      this.#subs.delete(key);
-      sub._end("revoked", new NatsgateError("forbidden", "revoked by a capability update", { target: sub.target }));
-      ended.push(sub);
+      for (const sub of this.#revokedBy(r)) {
+        this.#subs.delete(sub._key());
+        sub._end("revoked", new NatsgateError("forbidden", "revoked by a capability update", { target: sub.target }));
+        ended.push(sub);
+      }
     }
     this.#caps = caps;
     this.#events.emit("caps", caps);
     this.#events.emit("cap_update", { caps, revoked, ended });
     if (this.#state !== "open" && this.#state !== "closed" && this.#ws) this.#opened();
+  }
+
+  /**
+   * The subscriptions a `revoked` entry names. A JetStream entry with `durable` names that
+   * durable's binding; one without names the plain subscription and every durable bound
+   * with the same stream and filter (grants are by stream and filter, so they went too).
+   * @param {{kind: "sub" | "kv" | "js", target: string, pattern: string | undefined, durable?: string}} r
+   * @returns {Subscription[]}
+   */
+  #revokedBy(r) {
+    if (r.durable !== undefined) {
+      const sub = this.#subs.get(durableKey(r.target, r.durable));
+      return sub ? [sub] : [];
+    }
+    const sub = this.#subs.get(subscriptionKey(r.kind, r.target, r.pattern));
+    const out = sub ? [sub] : [];
+    if (r.kind !== "js") return out;
+    for (const d of this.#subs.values()) {
+      if (d instanceof DurableSubscription && d.stream === r.target && normPattern(d.pattern) === normPattern(r.pattern)) out.push(d);
+    }
+    return out;
   }
 
   /** @param {Envelope} env */

@@ -1,13 +1,13 @@
 // natsgate/subscriptions.js: the subscription objects (core, KV, JetStream), each with its
-// state machine, and the routing of a server `msg` to the subscriptions it is for.
+// state machine, and their identity on the wire.
 //
 // A subscription knows what to send to (re)create and end itself and what to do with a
 // reply, an error, a message; the client owns the socket and calls the underscore methods.
+// Durable JetStream subscriptions are in durables.js, routing a `msg` in routing.js.
 
 import { NatsgateError } from "./errors.js";
 import { Emitter, StateMachine, rethrowLater } from "./emitter.js";
 import { normPattern, subjectMatches } from "./subjects.js";
-import { decodeJsMessage, decodeKvEntry, decodeKvMarker, decodePayload, isRecord } from "./wire.js";
 
 /** @typedef {import("./wire.js").CoreMessage} CoreMessage */
 /** @typedef {import("./wire.js").Envelope} Envelope */
@@ -16,6 +16,19 @@ import { decodeJsMessage, decodeKvEntry, decodeKvMarker, decodePayload, isRecord
 /** @typedef {import("./wire.js").ReplyData} ReplyData */
 
 /** @typedef {"subscribing" | "active" | "ended" | "revoked"} SubscriptionState */
+
+/**
+ * What a subscription needs of the client that tracks it (the client hands it over; no
+ * import of the client, no circle).
+ * @typedef {object} SubscriptionOwner
+ * @property {(sub: Subscription) => Promise<void>} release forget it and send its
+ *   `_unwire()` when open; resolves on the acknowledgement (or at once when not open)
+ * @property {(env: Envelope) => boolean} post send on the current socket without an inbox;
+ *   false when not open (nothing is queued)
+ * @property {(env: Envelope) => Promise<unknown>} ask send with an inbox on the current
+ *   socket (never queued for a later one); the reply's data, or a NatsgateError
+ * @property {(stream: string, durable: string) => Promise<void>} deleteDurable
+ */
 
 /**
  * @typedef {object} JsOptions
@@ -105,6 +118,27 @@ export class StreamCursor {
 // ---------------------------------------------------------------------------------------------
 
 /**
+ * A subscription's identity on the wire: one live subscription per key and client. A
+ * cap_update's `revoked` entry and a core `msg`'s `sub` are looked up by it.
+ * @param {"sub" | "kv" | "js"} kind
+ * @param {string} target
+ * @param {string | undefined} pattern
+ */
+export function subscriptionKey(kind, target, pattern) {
+  return `${kind}\u0000${target}\u0000${normPattern(pattern)}`;
+}
+
+/**
+ * A durable's identity: one binding per (stream, durable name) and client, whatever its
+ * filter; a durable `msg` names it (`"durable"` beside `target`).
+ * @param {string} stream
+ * @param {string} durable
+ */
+export function durableKey(stream, durable) {
+  return `durable\u0000${stream}\u0000${durable}`;
+}
+
+/**
  * Legal subscription transitions: back to `subscribing` while the socket is down (it is
  * re-sent on the next open); `ended` and `revoked` are final.
  * @type {Readonly<Record<SubscriptionState, readonly SubscriptionState[]>>}
@@ -130,8 +164,8 @@ export class Subscription {
   #settled = false;
   /** @type {ReturnType<typeof deferred<ReplyData>>} */
   #ready = deferred();
-  /** @type {((sub: Subscription) => Promise<void>) | null} */
-  _release = null;
+  /** @type {SubscriptionOwner | null} set by the client that tracks it */
+  _owner = null;
 
   /**
    * @param {"sub" | "kv" | "js"} kind
@@ -186,7 +220,7 @@ export class Subscription {
   unsubscribe() {
     if (this.ended) return Promise.resolve();
     this._end("ended", new NatsgateError("closed", "unsubscribed before it was ready"));
-    return this._release ? this._release(this) : Promise.resolve();
+    return this._owner ? this._owner.release(this) : Promise.resolve();
   }
 
   /**
@@ -427,91 +461,4 @@ export class JsSubscription extends Subscription {
   _deliver(msg) {
     if (this.cursor.accept(msg.seq)) this._handler(msg);
   }
-}
-
-
-// ---------------------------------------------------------------------------------------------
-// Routing
-// ---------------------------------------------------------------------------------------------
-
-/**
- * A subscription's identity on the wire: one live subscription per key and client. A
- * cap_update's `revoked` entry and a core `msg`'s `sub` are looked up by it.
- * @param {"sub" | "kv" | "js"} kind
- * @param {string} target
- * @param {string | undefined} pattern
- */
-export function subscriptionKey(kind, target, pattern) {
-  return `${kind}\u0000${target}\u0000${normPattern(pattern)}`;
-}
-
-/**
- * Route a `msg`: KV by bucket and key pattern, JetStream by stream and filter, core by the
- * `sub` pattern the server echoes. A `sub` on KV/JS frames is honoured too when present.
- * Yields one call per subscription the message is for; the caller runs each (guarding
- * against the application's handler throwing). Lazy, so that a handler that ends another
- * subscription is seen by the next step.
- * @param {ReadonlyMap<string, Subscription>} subs the client's subscriptions, by `_key()`
- * @param {Envelope} env
- * @returns {Generator<() => void, void, undefined>}
- */
-export function* routeMsg(subs, env) {
-  const target = env.target ?? "";
-  if (target.startsWith("kv:")) {
-    const bucket = target.slice(3);
-    const marker = decodeKvMarker(env.data);
-    if (marker) {
-      for (const sub of subs.values()) {
-        if (sub instanceof KvSubscription && sub.bucket === bucket && normPattern(sub.pattern) === normPattern(marker.pattern)) {
-          yield () => sub._onMarker(marker.op);
-        }
-      }
-      return;
-    }
-    const entry = decodeKvEntry(env.data);
-    if (entry) {
-      const flagged = isRecord(env.data) && env.data.snapshot === true;
-      for (const sub of subs.values()) {
-        if (sub instanceof KvSubscription && sub.bucket === bucket && wants(sub, env, entry.key)) {
-          yield () => sub._deliver(entry, flagged);
-        }
-      }
-      return;
-    }
-  }
-  if (target.startsWith("js:")) {
-    const msg = decodeJsMessage(env);
-    if (msg) {
-      const stream = target.slice(3);
-      for (const sub of subs.values()) {
-        if (sub instanceof JsSubscription && sub.stream === stream && wants(sub, env, msg.subject)) {
-          yield () => sub._deliver(msg);
-        }
-      }
-      return;
-    }
-  }
-  /** @param {CoreSubscription} sub */
-  const deliver = (sub) => {
-    /** @type {CoreMessage} */
-    const msg = { subject: target, sub: sub.subject, data: decodePayload(env.data, env.enc), headers: env.headers };
-    return () => sub._deliver(msg);
-  };
-  if (env.sub !== undefined) {
-    const sub = subs.get(subscriptionKey("sub", env.sub, env.sub));
-    if (sub instanceof CoreSubscription) yield deliver(sub);
-    return;
-  }
-  for (const sub of subs.values()) {
-    if (sub instanceof CoreSubscription && subjectMatches(sub.subject, target)) yield deliver(sub);
-  }
-}
-
-/**
- * @param {KvSubscription | JsSubscription} sub
- * @param {Envelope} env
- * @param {string} subject the KV key or the JetStream message subject
- */
-function wants(sub, env, subject) {
-  return env.sub !== undefined ? normPattern(env.sub) === normPattern(sub.pattern) : sub._matches(subject);
 }

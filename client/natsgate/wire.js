@@ -18,6 +18,7 @@ import { NatsgateError, isErrorCode } from "./errors.js";
  * @property {string} [inbox]
  * @property {unknown} [data]
  * @property {string} [sub] core `msg`: the subscribed pattern
+ * @property {string} [durable] a durable's JetStream `msg`: its name
  * @property {string} [enc] `"base64"` when `data` is base64 of non-text bytes
  * @property {Headers} [headers]
  * @property {number} [timeout_ms] `cmd` only
@@ -34,8 +35,11 @@ import { NatsgateError, isErrorCode } from "./errors.js";
  */
 
 /**
- * `reply` data for a subscription op. JetStream replies carry the stream's bounds and `gap`.
+ * `reply` data for a subscription op. JetStream replies carry the stream's bounds and `gap`;
+ * a durable's also its name, `pending` (not yet delivered) and `ack_pending` (delivered,
+ * not acked).
  * @typedef {{ok?: boolean, first_seq?: number, last_seq?: number, gap?: boolean,
+ *   durable?: string, pending?: number, ack_pending?: number,
  *   [field: string]: unknown}} ReplyData
  */
 
@@ -62,6 +66,15 @@ import { NatsgateError, isErrorCode } from "./errors.js";
  * @property {unknown} payload
  * @property {string | undefined} time RFC 3339
  * @property {Headers | undefined} headers
+ */
+
+/**
+ * One of the user's durables of a stream, as `js_durables` lists it.
+ * @typedef {object} DurableInfo
+ * @property {string} name
+ * @property {string | undefined} filter undefined: the whole stream
+ * @property {number} pending messages not yet delivered
+ * @property {number} ackPending delivered and not acked yet
  */
 
 /**
@@ -125,7 +138,7 @@ export function decodeEnvelope(line) {
   }
   /** @type {Envelope} */
   const env = { op: value.op, data: value.data };
-  for (const field of /** @type {const} */ (["target", "inbox", "sub", "enc"])) {
+  for (const field of /** @type {const} */ (["target", "inbox", "sub", "enc", "durable"])) {
     const v = value[field];
     if (typeof v === "string") env[field] = v;
     else if (v !== undefined && v !== null) {
@@ -244,6 +257,41 @@ export function decodeJsMessage(env) {
 }
 
 /**
+ * How often a durable's message has been delivered (`data.delivery`, 1 the first time;
+ * sent with explicit acks only). 1 when absent.
+ * @param {Envelope} env
+ */
+export function decodeDelivery(env) {
+  const n = isRecord(env.data) ? env.data.delivery : undefined;
+  return typeof n === "number" && Number.isInteger(n) && n >= 1 ? n : 1;
+}
+
+/**
+ * The `reply` to `js_durables`: `{"durables": [{name, filter, pending, ack_pending}]}`.
+ * Throws a `protocol` NatsgateError when there is no such list; entries without a name
+ * are skipped.
+ * @param {unknown} data
+ * @returns {DurableInfo[]}
+ */
+export function decodeDurables(data) {
+  if (!isRecord(data) || !isList(data.durables)) {
+    throw new NatsgateError("protocol", "js_durables reply without a durables list");
+  }
+  /** @type {DurableInfo[]} */
+  const out = [];
+  for (const d of data.durables) {
+    if (!isRecord(d) || typeof d.name !== "string") continue;
+    out.push({
+      name: d.name,
+      filter: typeof d.filter === "string" ? d.filter : undefined,
+      pending: typeof d.pending === "number" ? d.pending : 0,
+      ackPending: typeof d.ack_pending === "number" ? d.ack_pending : 0,
+    });
+  }
+  return out;
+}
+
+/**
  * The gateway URL: absolute ws(s) URLs pass; http(s) become ws(s); a path (or nothing:
  * `/ws`) is resolved against the page, with wss on an https page.
  * @param {string | undefined} url
@@ -291,9 +339,11 @@ export function jwtExpiry(token) {
  * shape open; accepted: the subscribing op itself (`{"op": "kv_sub", "target": "todos",
  * "data": {"pattern": "user.a.>"}}`), the same with `pattern`/`filter` at the top level or
  * `kind`/`type` in place of `op`, and strings: `"chat.>"`, `"kv:todos:user.a.>"`,
- * `"js:CHAT:chat.room.*"`.
+ * `"js:CHAT:chat.room.*"`. A `durable` name (top level or in `data`) of a `js_sub` entry is
+ * passed on.
  * @param {unknown} item
- * @returns {{kind: "sub" | "kv" | "js", target: string, pattern: string | undefined} | null}
+ * @returns {{kind: "sub" | "kv" | "js", target: string, pattern: string | undefined,
+ *   durable?: string} | null}
  */
 export function parseRevoked(item) {
   if (typeof item === "string") {
@@ -314,6 +364,8 @@ export function parseRevoked(item) {
   if (!kind || typeof target !== "string") return null;
   const data = isRecord(item.data) ? item.data : item;
   const p = data.pattern ?? data.filter;
-  return { kind, target, pattern: kind === "sub" ? target : typeof p === "string" ? p : undefined };
+  const pattern = kind === "sub" ? target : typeof p === "string" ? p : undefined;
+  const durable = item.durable ?? data.durable;
+  return kind === "js" && typeof durable === "string" ? { kind, target, pattern, durable } : { kind, target, pattern };
 }
 

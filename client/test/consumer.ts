@@ -14,6 +14,10 @@ import {
   type ClientState,
   type CloseAction,
   type CoreMessage,
+  type DurableInfo,
+  type DurableOptions,
+  DurableSubscription,
+  JsAckMessage,
   type ErrorCode,
   type JsMessage,
   type KvEntry,
@@ -92,6 +96,43 @@ async function main(): Promise<void> {
   console.log(last_seq, resumed.gap);
   // @ts-expect-error: jsResume takes its start from lastSeq
   client.jsResume("CHAT", 1, { startSeq: 5 }, () => {});
+
+  // durable subscriptions: the position lives on the server; explicit acks
+  const unread = new Map<number, JsAckMessage>();
+  const inbox = client.jsSubscribe(
+    "NOTIFY",
+    { durable: "inbox", ack: "explicit", ackWaitMs: 60_000, filter: "notify.alice", startSeq: 1 },
+    (m) => {
+      const delivery: number = m.delivery;
+      unread.set(m.seq, m);
+      if (delivery > 3) m.term();
+      else if (m.payload === null) m.nak(5000);
+    },
+  );
+  const typedInbox: DurableSubscription<JsAckMessage> = inbox;
+  const bound = await inbox.ready;
+  console.log(bound.durable, bound.pending, bound.ack_pending, typedInbox.ackPending);
+  for (const m of unread.values()) {
+    m.ack();
+    await m.ackSync(); // the first call counts: this one returns at once
+    console.log(m.settled satisfies "ack" | "nak" | "term" | null);
+  }
+  const opts: DurableOptions = { durable: "feed", batch: 50 };
+  const feed = client.jsSubscribe("NOTIFY", opts, (m) => {
+    console.log(m.seq);
+    // @ts-expect-error: messages of an ack: "none" durable have nothing to ack
+    m.ack();
+  });
+  const plain: DurableSubscription<JsMessage> = feed;
+  const list: DurableInfo[] = await client.durables("NOTIFY");
+  for (const d of list) console.log(d.name, d.filter ?? "whole stream", d.pending, d.ackPending);
+  await plain.unsubscribe(); // unbind: the position stays
+  await inbox.unsubscribe({ delete: true }); // delete the durable
+  await client.deleteDurable("NOTIFY", "feed");
+  // @ts-expect-error: explicit acks need a durable
+  client.jsSubscribe("NOTIFY", { ack: "explicit" }, () => {});
+  // @ts-expect-error: a plain subscription cannot delete anything
+  await stream.unsubscribe({ delete: true });
 
   // commands and errors
   try {

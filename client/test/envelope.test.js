@@ -25,6 +25,8 @@ test("splits frames on newlines and skips blank lines", () => {
 test("decodes an envelope with its optional fields", () => {
   const env = decodeEnvelope('{"v":1,"op":"msg","target":"chat.a","sub":"chat.>","data":{"x":1},"headers":{"H":"1","M":["a","b"]}}');
   assert.deepEqual(env, { op: "msg", target: "chat.a", sub: "chat.>", data: { x: 1 }, headers: { H: "1", M: ["a", "b"] } });
+  const durable = decodeEnvelope('{"op":"msg","target":"js:N","durable":"inbox","data":{"seq":1,"delivery":2}}');
+  assert.equal(durable.durable, "inbox");
 });
 
 test("absent v is version 1; another v is refused", () => {
@@ -33,7 +35,7 @@ test("absent v is version 1; another v is refused", () => {
 });
 
 test("a broken line is a protocol error, never a stray exception", () => {
-  for (const line of ["not json", "[1,2]", '{"target":"x"}', '{"op":1}', '{"op":"msg","inbox":5}']) {
+  for (const line of ["not json", "[1,2]", '{"target":"x"}', '{"op":1}', '{"op":"msg","inbox":5}', '{"op":"msg","durable":7}']) {
     assert.throws(() => decodeEnvelope(line), (err) => err instanceof NatsgateError && err.code === "protocol", line);
   }
 });
@@ -119,6 +121,8 @@ test("revoked entries in the shapes a server may send", () => {
   assert.deepEqual(parseRevoked({ op: "kv_sub", target: "todos", pattern: ">" }), { kind: "kv", target: "todos", pattern: ">" });
   assert.deepEqual(parseRevoked({ op: "js_sub", target: "CHAT", filter: "chat.room.*" }), { kind: "js", target: "CHAT", pattern: "chat.room.*" });
   assert.deepEqual(parseRevoked({ op: "js_sub", target: "CHAT" }), { kind: "js", target: "CHAT", pattern: undefined });
+  assert.deepEqual(parseRevoked({ op: "js_sub", target: "NOTIFY", durable: "inbox", filter: "notify.a" }), { kind: "js", target: "NOTIFY", pattern: "notify.a", durable: "inbox" });
+  assert.deepEqual(parseRevoked({ op: "js_sub", target: "NOTIFY", data: { durable: "inbox" } }), { kind: "js", target: "NOTIFY", pattern: undefined, durable: "inbox" });
   assert.deepEqual(parseRevoked({ kind: "js", stream: "CHAT", filter: "chat.room.*" }), { kind: "js", target: "CHAT", pattern: "chat.room.*" });
   assert.deepEqual(parseRevoked("chat.room.1"), { kind: "sub", target: "chat.room.1", pattern: "chat.room.1" });
   assert.deepEqual(parseRevoked("kv:todos:user.a.>"), { kind: "kv", target: "todos", pattern: "user.a.>" });

@@ -261,9 +261,9 @@ def durable_sub(owner: Any, handler: Any, **kw: Any) -> DurableSubscription:
 
 
 async def test_durable_wire_and_checks() -> None:
-    """A durable's js_sub names it and carries what makes it, with no sequence
-    bookkeeping: a rebind after a reconnect is the same op, except that ``reset`` goes
-    only until the first reply (contract: durable subscriptions)."""
+    """A durable's js_sub names it, with no sequence bookkeeping; what makes it (start,
+    reset) goes only until the first reply, so a rebind after a reconnect continues the
+    durable (contract: durable subscriptions)."""
     owner = AckOwner()
     s = durable_sub(
         owner, print, ack="explicit", ack_wait_ms=5000, filter="n.a", batch=10, start_seq=1
@@ -278,10 +278,14 @@ async def test_durable_wire_and_checks() -> None:
     }
     assert s.wire().op == "js_sub" and s.wire().data == first
     assert s.key == ("js_durable", "S", "inbox")
-    again = durable_sub(owner, print, reset=True)
-    assert again.wire().data == {"durable": "inbox", "reset": True}
+    s._on_reply({"ok": True, "durable": "inbox", "pending": 3, "ack_pending": 0})
+    del first["start_seq"]
+    assert s.wire().data == first  # a rebind
+    again = durable_sub(owner, print, reset=True, start_time="2026-01-02T03:04:05+00:00")
+    made = {"durable": "inbox", "start_time": "2026-01-02T03:04:05+00:00", "reset": True}
+    assert again.wire().data == made
     again._resending()  # the first reply never came: still to be made afresh
-    assert again.wire().data == {"durable": "inbox", "reset": True}
+    assert again.wire().data == made
     again._on_reply({"ok": True, "durable": "inbox", "pending": 3, "ack_pending": 0})
     assert again.wire().data == {"durable": "inbox"}  # a rebind keeps the position
     assert again.unwire().data == {"durable": "inbox"}

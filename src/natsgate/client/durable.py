@@ -104,7 +104,7 @@ class DurableSubscription(JsSubscription):
         self.ack_wait_ms = ack_wait_ms
         self.reset = reset
         self._owner = client
-        self._reset = reset  # sent until the first reply: a rebind must not start afresh
+        self._made = False  # a reply came: the durable exists, rebinds send no start
         self._binding = Binding(client, stream, durable)
 
     def __repr__(self) -> str:
@@ -122,24 +122,28 @@ class DurableSubscription(JsSubscription):
     # ---------------------------------------------------------------- wire
 
     def wire(self) -> Op:
-        """``js_sub`` with the durable's name; ``start_seq``, ``start_time`` and
-        ``filter`` only matter when the gateway makes the durable, so they are sent as
-        given, with no bookkeeping of what was delivered."""
+        """``js_sub`` with the durable's name and no bookkeeping of what was delivered.
+        ``start_seq``, ``start_time`` and ``reset`` go only until the first reply: they
+        make the durable, and a rebind must neither start it afresh nor, should it have
+        been deleted meanwhile, replay the stream from the start (the browser library
+        does the same).  ``filter`` always goes: the gateway checks it against the
+        durable's."""
         data: dict[str, Any] = {"durable": self.durable}
         if self.ack != "none":
             data["ack"] = self.ack
         if self.ack_wait_ms is not None:
             data["ack_wait_ms"] = self.ack_wait_ms
-        if self.start_seq:
-            data["start_seq"] = self.start_seq
-        elif self.start_time is not None:
-            data["start_time"] = self.start_time
+        if not self._made:
+            if self.start_seq:
+                data["start_seq"] = self.start_seq
+            elif self.start_time is not None:
+                data["start_time"] = self.start_time
+            if self.reset:
+                data["reset"] = True
         if self.batch is not None:
             data["batch"] = self.batch
         if self.filter is not None:
             data["filter"] = self.filter
-        if self._reset:
-            data["reset"] = True
         return Op(self.op, target=self.target, data=data)
 
     def unwire(self, *, delete: bool = False) -> Op:
@@ -161,7 +165,7 @@ class DurableSubscription(JsSubscription):
 
     def _on_reply(self, data: dict[str, Any]) -> None:
         if not self.ended:
-            self._reset = False
+            self._made = True
         super()._on_reply(data)
 
     def _end(self, state: SubState, err: NatsgateError | None) -> None:

@@ -21,6 +21,7 @@ class Kind(enum.StrEnum):
     SUB = "sub"
     KV = "kv"
     JS = "js"
+    DURABLE = "durable"  # a js_sub bound to a durable: the same grants as JS
 
 
 class Capabilities(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -103,7 +104,7 @@ class Capabilities(msgspec.Struct, frozen=True, omit_defaults=True):
                 return all(self.can_subscribe(p, reserved) for p in patterns)
             case Kind.KV:
                 return all(self.can_watch(target, p, reserved) for p in patterns)
-            case Kind.JS:
+            case Kind.JS | Kind.DURABLE:
                 return self.can_read(target, patterns, reserved)
 
 

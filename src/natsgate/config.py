@@ -79,6 +79,8 @@ class Config:
     max_conns_per_ip: int = 0  # MAX_CONNS_PER_IP: 0 means no limit
     max_conns_per_user: int = 100  # MAX_CONNS_PER_USER: open WebSockets of one user (0: none)
     max_feeds: int = 64  # MAX_FEEDS: KV watches + stream subscriptions per connection
+    max_durables_per_user: int = 100  # MAX_DURABLES_PER_USER: durables of a user per stream
+    durable_inactive_s: float = 7 * 86400  # DURABLE_INACTIVE (seconds): NATS removes it then
     rate_per_s: float = 200.0  # RATE_PER_S: client envelopes per second (0 = no limit)
     rate_burst: int = 400  # RATE_BURST: client envelopes allowed in a burst
     trusted_proxies: tuple[IPNetwork, ...] = ()  # TRUSTED_PROXIES: CIDRs, X-Forwarded-For
@@ -291,6 +293,12 @@ def load(flags: Flags, env: Mapping[str, str] | None = None) -> Config:
             "MAX_CONNS_PER_USER", lambda n, r: _int(n, r, 0, 10_000_000), d.max_conns_per_user
         ),
         max_feeds=get("MAX_FEEDS", lambda n, r: _int(n, r, 1, 100_000), d.max_feeds),
+        max_durables_per_user=get(
+            "MAX_DURABLES_PER_USER", lambda n, r: _int(n, r, 1, 100_000), d.max_durables_per_user
+        ),
+        durable_inactive_s=get(
+            "DURABLE_INACTIVE", lambda n, r: _float(n, r, 60, 365 * 86400), d.durable_inactive_s
+        ),
         trusted_proxies=get("TRUSTED_PROXIES", lambda n, r: _proxies(r), d.trusted_proxies),
         rate_per_s=get("RATE_PER_S", lambda n, r: _float(n, r, 0, 1e9), d.rate_per_s),
         rate_burst=get("RATE_BURST", lambda n, r: _int(n, r, 1, 10_000_000), d.rate_burst),

@@ -22,6 +22,7 @@ class _Frame(Struct, tag_field="op", omit_defaults=True):
 class MsgFrame(_Frame, tag="msg"):
     target: str
     data: Raw
+    durable: str | None = None
     sub: str | None = None
     enc: str | None = None
     headers: dict[str, str] | None = None
@@ -139,15 +140,24 @@ def encode_js(
     headers: dict[str, str] | None,
     *,
     sub: str | None = None,
+    durable: str | None = None,
+    delivery: int | None = None,
 ) -> bytes:
-    """A JetStream ``msg``; ``sub`` is the subscription's filter, when it has one."""
+    """A JetStream ``msg``; ``sub`` is the subscription's filter, when it has one;
+    ``durable`` and ``delivery`` (1 the first time) for a durable's messages."""
     body: dict[str, Any] = {"seq": seq, "subject": subject}
     body["payload"], enc = payload(raw)
     if enc:
         body["enc"] = enc
     body["time"] = time
+    if delivery is not None:
+        body["delivery"] = delivery
     frame = MsgFrame(
-        target=f"js:{stream}", data=Raw(encode(body)), headers=headers or None, sub=sub
+        target=f"js:{stream}",
+        data=Raw(encode(body)),
+        headers=headers or None,
+        sub=sub,
+        durable=durable,
     )
     return encode(frame)
 

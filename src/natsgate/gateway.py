@@ -11,6 +11,7 @@ from typing import Any
 from nats.js.kv import KeyValue
 
 from .auth import Passwords, Throttle
+from .bridges.durable import DurableBridge
 from .bridges.jetstream import JsBridge
 from .bridges.kv import KvBridge
 from .capabilities import Reserved
@@ -37,6 +38,7 @@ class Gateway:
         self.capstore = CapStore(self.upstream, config.auth_bucket)
         self.kv = KvBridge(self.upstream)
         self.js = JsBridge(self.upstream)
+        self.durables = DurableBridge(self.upstream, config)
         self.revocations = Revocations(self.upstream, config.auth_revoked_bucket)
         self.revocations.on_revoked = self._revoked
         # The gateway's own buckets: hashes and revocations never readable, capabilities

@@ -23,6 +23,7 @@ MAX_INBOX = 128
 MAX_BATCH = 1000
 DEFAULT_BATCH = 100
 MAX_TIMEOUT_MS = 300_000
+MIN_ACK_WAIT_MS, ACK_WAIT_MS, MAX_ACK_WAIT_MS = 1_000, 30_000, 600_000
 
 Inbox = Annotated[str, Meta(min_length=1, max_length=MAX_INBOX)]
 BUCKET_RE = re.compile(r"^[A-Za-z0-9_-]{1,255}$")  # NATS KV bucket names
@@ -84,11 +85,19 @@ class KvUnsub(_Op, tag="kv_unsub"):
         return (self.data.pattern if self.data else None) or ">"
 
 
+Durable = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
+
+
 class JsData(Struct, forbid_unknown_fields=True):
     start_seq: Annotated[int, Meta(ge=0)] | None = None
     start_time: Annotated[datetime, Meta(tz=True)] | None = None
     batch: Annotated[int, Meta(ge=1, le=MAX_BATCH)] = DEFAULT_BATCH
     filter: str | None = None
+    durable: Durable | None = None  # the position lives on the NATS server (§ durables)
+    ack: Literal["none", "explicit"] = "none"
+    # absent: 30 s for a new durable, unchanged for an existing one
+    ack_wait_ms: Annotated[int, Meta(ge=MIN_ACK_WAIT_MS, le=MAX_ACK_WAIT_MS)] | None = None
+    reset: bool = False  # make the durable afresh when its filter or ack mode differs
 
 
 class JsSub(_Op, tag="js_sub"):
@@ -102,6 +111,8 @@ class JsSub(_Op, tag="js_sub"):
 
 class JsUnsubData(Struct, forbid_unknown_fields=True):
     filter: str | None = None
+    durable: Durable | None = None
+    delete: bool = False  # with durable: delete it on the NATS server too
 
 
 class JsUnsub(_Op, tag="js_unsub"):
@@ -111,6 +122,32 @@ class JsUnsub(_Op, tag="js_unsub"):
     @property
     def filter(self) -> str | None:
         return self.data.filter if self.data else None
+
+    @property
+    def durable(self) -> str | None:
+        return self.data.durable if self.data else None
+
+
+class JsAckData(Struct, forbid_unknown_fields=True):
+    durable: Durable
+    seq: Annotated[int, Meta(ge=1)]
+    nak: bool = False
+    delay_ms: Annotated[int, Meta(ge=0, le=MAX_ACK_WAIT_MS)] | None = None
+    term: bool = False
+
+
+class JsAck(_Op, tag="js_ack"):
+    """Acknowledge (or ``nak``, ``term``) one message of a durable with explicit acks."""
+
+    target: str
+    data: JsAckData
+
+
+class JsDurables(_Op, tag="js_durables"):
+    """The user's durables of one stream."""
+
+    target: str
+    data: Any = None
 
 
 class Ping(_Op, tag="ping"):
@@ -127,7 +164,9 @@ class Auth(_Op, tag="auth"):
     target: str | None = None
 
 
-ClientOp = Sub | Unsub | Pub | Cmd | KvSub | KvUnsub | JsSub | JsUnsub | Ping | Auth
+ClientOp = (
+    Sub | Unsub | Pub | Cmd | KvSub | KvUnsub | JsSub | JsUnsub | JsAck | JsDurables | Ping | Auth
+)
 
 _decoder = msgspec.json.Decoder(ClientOp)
 
@@ -177,7 +216,23 @@ def decode_envelope(raw: bytes, *, utf8_checked: bool = False) -> ClientOp | Pro
         _check_names(op)
     except InvalidSubject as exc:
         return _error(ErrorCode.BAD_REQUEST, f"invalid target or pattern: {exc}", op)
+    if (problem := _conflict(op)) is not None:
+        return _error(ErrorCode.BAD_REQUEST, problem, op)
     return op
+
+
+def _conflict(op: ClientOp) -> str | None:
+    """Fields that are valid alone but not together."""
+    match op:
+        case JsSub() if op.opts.ack == "explicit" and op.opts.durable is None:
+            return '"ack": "explicit" needs a "durable"'
+        case JsAck() if op.data.nak and op.data.term:
+            return '"nak" and "term" exclude each other'
+        case JsAck() if op.data.delay_ms is not None and not op.data.nak:
+            return '"delay_ms" goes with "nak"'
+        case JsUnsub() if op.data is not None and op.data.delete and op.durable is None:
+            return '"delete" needs a "durable"'
+    return None
 
 
 def _not_utf8(raw: bytes) -> ProtocolError:
@@ -223,10 +278,16 @@ def _check_names(op: ClientOp) -> None:
             validate(op.pattern, wildcards=True)
             if not KEY_RE.match(op.pattern):
                 raise InvalidSubject("key pattern has characters a KV key cannot have")
-        case JsSub() | JsUnsub():
+        case JsSub() | JsUnsub() | JsAck() | JsDurables():
             if not STREAM_RE.match(op.target):
                 raise InvalidSubject("stream names have no '.', '*', '>', '/' or spaces")
-            flt = op.opts.filter if isinstance(op, JsSub) else op.filter
+            flt = (
+                op.opts.filter
+                if isinstance(op, JsSub)
+                else op.filter
+                if isinstance(op, JsUnsub)
+                else None
+            )
             if flt is not None:
                 validate(flt, wildcards=True)
         case Ping() | Auth():

@@ -20,7 +20,8 @@ SubKey = tuple[Kind, str, str]
 class Subscription:
     kind: Kind
     target: str
-    pattern: str  # the core pattern, KV key pattern, or JetStream filter ("" for none)
+    pattern: str  # the core pattern, KV key pattern, JetStream filter ("" for none), or
+    # for a durable its name (its filter is in ``checked``)
     checked: list[str]  # what the capability check covered; re-checked on cap changes
     active: bool = True
     feed: Feed | None = None
@@ -43,6 +44,8 @@ class Subscription:
                 if self.pattern:
                     d["filter"] = self.pattern
                 return d
+            case Kind.DURABLE:
+                return {"op": "js_sub", "target": self.target, "durable": self.pattern}
 
 
 def feeds(subs: dict[SubKey, Subscription]) -> int:

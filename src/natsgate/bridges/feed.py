@@ -1,9 +1,11 @@
-"""What KV watches and JetStream reads have in common: a :class:`Reader` that delivers into
-one connection's :class:`~natsgate.outbox.Outbox`, no faster than the socket takes it, and
-a bridge that keeps every live feed so a NATS reconnect re-reads them all at once."""
+"""What KV watches and JetStream reads have in common: a :class:`Feed` delivers into one
+connection's :class:`~natsgate.outbox.Outbox`, no faster than the socket takes it; most
+run on a :class:`Reader` (:class:`ReaderFeed`), and a :class:`Bridge` keeps those live so
+a NATS reconnect re-reads them all at once."""
 
 from __future__ import annotations
 
+import abc
 import weakref
 from typing import Any
 
@@ -12,11 +14,30 @@ from ..upstream import Upstream
 from .reader import OnMessage, Reader, Start
 
 
-class Feed:
-    """One subscription's reader. :meth:`start` sets it up (a KV snapshot, a stream's
-    position) and returns the extra fields of the op's ``reply``; :meth:`run` delivers
-    until cancelled; :meth:`halt` stops delivery at once; :meth:`stop` deletes the
-    consumer on the NATS server (idempotent)."""
+class Feed(abc.ABC):
+    """One subscription's delivery into one connection's outbox. :meth:`start` sets it up
+    (a KV snapshot, a stream's position, a durable's binding) and returns the extra fields
+    of the op's ``reply``; :meth:`run` delivers until cancelled; :meth:`halt` stops
+    delivery at once; :meth:`stop` releases what it holds on the NATS server
+    (idempotent)."""
+
+    outbox: Outbox
+
+    @abc.abstractmethod
+    async def start(self) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    async def run(self) -> None: ...
+
+    @abc.abstractmethod
+    def halt(self) -> None: ...
+
+    @abc.abstractmethod
+    async def stop(self) -> None: ...
+
+
+class ReaderFeed(Feed):
+    """A feed on an ordered, ack-less :class:`Reader`: KV watches and plain ``js_sub``."""
 
     reader: Reader
 
@@ -64,10 +85,10 @@ class Bridge:
 
     def __init__(self, upstream: Upstream) -> None:
         self.upstream = upstream
-        self._feeds: weakref.WeakSet[Feed] = weakref.WeakSet()
+        self._feeds: weakref.WeakSet[ReaderFeed] = weakref.WeakSet()
         upstream.on_reconnect(self._kick)
 
-    def _track(self, feed: Feed) -> None:
+    def _track(self, feed: ReaderFeed) -> None:
         self._feeds.add(feed)
 
     async def _kick(self) -> None:

@@ -14,11 +14,11 @@ from ..errors import ErrorCode, ProtocolError
 from ..outbox import Outbox
 from ..subjects import overlaps
 from ..upstream import Upstream
-from .feed import Bridge, Feed
+from .feed import Bridge, ReaderFeed
 from .reader import Delivery, Start
 
 
-class JsFeed(Feed):
+class JsFeed(ReaderFeed):
     def __init__(
         self, upstream: Upstream, outbox: Outbox, op: p.JsSub, first_seq: int, last_seq: int
     ) -> None:

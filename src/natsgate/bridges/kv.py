@@ -20,13 +20,13 @@ from ..errors import ErrorCode, ProtocolError
 from ..kvmsg import PUT, kv_op
 from ..outbox import Outbox
 from ..upstream import Upstream
-from .feed import Bridge, Feed
+from .feed import Bridge, ReaderFeed
 from .reader import Delivery, Start
 
 SNAPSHOT_BATCH = 256
 
 
-class KvFeed(Feed):
+class KvFeed(ReaderFeed):
     def __init__(self, upstream: Upstream, outbox: Outbox, bucket: str, pattern: str) -> None:
         self.bucket = bucket
         self.pattern = pattern

@@ -26,6 +26,8 @@ HANDLERS: dict[type[p.ClientOp], Handler] = {
     p.KvUnsub: kv.kv_unsub,
     p.JsSub: jetstream.js_sub,
     p.JsUnsub: jetstream.js_unsub,
+    p.JsAck: jetstream.js_ack,
+    p.JsDurables: jetstream.js_durables,
     p.Ping: connection.ping,
     p.Auth: connection.auth,
 }

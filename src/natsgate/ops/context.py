@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from .. import protocol as p
 from ..auth import Identity
+from ..bridges.durable import DurableBridge
 from ..bridges.jetstream import JsBridge
 from ..bridges.kv import KvBridge
 from ..capabilities import Capabilities, Reserved
@@ -38,6 +39,8 @@ class Services(Protocol):
     def kv(self) -> KvBridge: ...
     @property
     def js(self) -> JsBridge: ...
+    @property
+    def durables(self) -> DurableBridge: ...
     @property
     def reserved(self) -> Reserved: ...
     @property

@@ -22,10 +22,12 @@ Opener = Callable[[], Awaitable[tuple[Feed, list[str]]]]
 
 
 async def open_feed(
-    conn: Conn, op: p.KvSub | p.JsSub, kind: Kind, pattern: str, opener: Opener
+    conn: Conn, op: p.KvSub | p.JsSub, kind: Kind, key: str, pattern: str, opener: Opener
 ) -> None:
-    """``opener`` looks the bucket or stream up (``not_found``, ``bad_request``) and makes
-    the feed; it returns what the capability check must cover."""
+    """``key`` tells this subscription from others of the same target (the KV pattern, the
+    filter, a durable's name); ``pattern`` is what the grant must cover ("" for a whole
+    stream). ``opener`` looks the bucket or stream up (``not_found``, ``bad_request``) and
+    makes the feed; it returns what the capability check must cover."""
     caps, reserved, limit = conn.caps, conn.services.reserved, conn.config.max_feeds
     what = "bucket" if kind is Kind.KV else "stream"
     denied = forbidden(f"{what} {op.target!r} with {pattern or 'no filter'!r}")
@@ -35,14 +37,14 @@ async def open_feed(
         raise denied
     if not pattern and not caps.has_stream(op.target, reserved):
         raise denied
-    if (kind, op.target, pattern) not in conn.subs and feeds(conn.subs) >= limit:
+    if (kind, op.target, key) not in conn.subs and feeds(conn.subs) >= limit:
         raise ProtocolError(
             ErrorCode.LIMIT, f"at most {limit} KV watches and stream subscriptions per connection"
         )
     feed, checked = await opener()
     if not conn.caps.allows(kind, op.target, checked, reserved):
         raise denied
-    sub = subs.admit(conn, kind, op.target, pattern, checked)
+    sub = subs.admit(conn, kind, op.target, key, checked)
     if sub is None:
         return conn.ack(op)
     sub.feed = feed

@@ -10,7 +10,10 @@ from .feeds import open_feed
 
 
 async def kv_sub(conn: Conn, op: p.KvSub) -> None:
-    await open_feed(conn, op, Kind.KV, op.pattern, lambda: conn.services.kv.open(conn.outbox, op))
+    pattern = op.pattern
+    await open_feed(
+        conn, op, Kind.KV, pattern, pattern, lambda: conn.services.kv.open(conn.outbox, op)
+    )
 
 
 async def kv_unsub(conn: Conn, op: p.KvUnsub) -> None:

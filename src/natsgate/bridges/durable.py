@@ -1,0 +1,331 @@
+"""Durable subscriptions (``js_sub`` with ``durable``): a user's position in a stream kept on
+the NATS server, delivered at least once, acknowledged by the client or on its behalf.
+
+Each durable is a pull consumer with explicit acks (named in :mod:`..durables`); every
+connection bound to it pulls from it, so they share its messages. With ``ack: "explicit"``
+the client acks each message (``js_ack``); with ``ack: "none"`` the gateway acks a
+message once the client's socket has taken it. A message nobody acks within ``ack_wait``
+is delivered again by NATS, to whichever connection pulls next: a connection that dies
+loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+from nats.js.errors import NotFoundError
+
+from .. import frames
+from ..config import Config
+from ..durables import NAME_KEY, OWNER_KEY, consumer_name, durable_of, user_prefix
+from ..errors import ErrorCode, ProtocolError
+from ..outbox import Outbox
+from ..protocol import ACK_WAIT_MS
+from ..subjects import overlaps
+from ..upstream import Upstream, flush
+from .feed import Feed
+from .reader import parse_ack
+
+log = logging.getLogger("natsgate.durable")
+
+FETCH_S = 5.0  # a pull waits this long for messages before the next one is made
+HEARTBEAT_S = 1.0
+
+
+class DurableFeed(Feed):
+    def __init__(
+        self,
+        upstream: Upstream,
+        outbox: Outbox,
+        stream: str,
+        durable: str,
+        consumer: str,
+        flt: str | None,
+        *,
+        explicit: bool,
+        batch: int,
+        ack_wait_s: float,
+        reply: dict[str, Any],
+    ) -> None:
+        self.outbox = outbox
+        self.stream, self.durable, self.consumer, self.filter = stream, durable, consumer, flt
+        self.explicit, self.batch, self.ack_wait_s = explicit, batch, ack_wait_s
+        self._upstream = upstream
+        self._reply = reply
+        self._psub: JetStreamContext.PullSubscription | None = None
+        self._halted = False
+        # explicit acks: what this connection delivered and the client has not answered,
+        # by stream sequence, with when (messages older than ack_wait went to others);
+        # ack none: the batch on its way to the socket, acked once written
+        self._unacked: dict[int, tuple[Msg, float]] = {}
+        self._inflight: list[Msg] = []
+
+    async def start(self) -> dict[str, Any]:
+        js = self._upstream.js
+        self._psub = await js.pull_subscribe_bind(durable=self.consumer, stream=self.stream)
+        return self._reply
+
+    async def run(self) -> None:
+        ob = self.outbox
+        while not self._halted:
+            await ob.written_up_to(ob.pushed)  # the socket took the previous batch
+            psub = self._psub
+            if psub is None:
+                return
+            try:
+                msgs = await psub.fetch(self.batch, timeout=FETCH_S, heartbeat=HEARTBEAT_S)
+            except (TimeoutError, nats.errors.TimeoutError):
+                self._forget_stale()
+                continue
+            except NotFoundError:
+                raise ProtocolError(
+                    ErrorCode.NOT_FOUND, f"durable {self.durable!r} was deleted"
+                ) from None
+            except nats.errors.Error as exc:  # NATS away for a moment: pull again
+                log.debug("fetch on %s failed: %r", self.consumer, exc)
+                await asyncio.sleep(0.5)
+                continue
+            if self._halted:
+                return  # not acked: NATS delivers them again after ack_wait
+            self._deliver(msgs)
+            if not self.explicit:
+                self._inflight = msgs
+                await ob.written_up_to(ob.pushed)  # handled once written to the socket
+                self._inflight = []
+                for msg in msgs:
+                    await msg.ack()
+
+    def _deliver(self, msgs: list[Msg]) -> None:
+        now = time.monotonic()
+        for msg in msgs:
+            d = parse_ack(msg.reply)
+            if d is None:
+                continue  # not a JetStream delivery
+            seq = d.stream_seq
+            headers = dict(msg.headers) if msg.headers else None
+            self.outbox.push(
+                frames.encode_js(
+                    self.stream,
+                    seq,
+                    msg.subject,
+                    msg.data,
+                    d.time,
+                    headers,
+                    sub=self.filter,
+                    durable=self.durable,
+                    delivery=msg.metadata.num_delivered if self.explicit else None,
+                )
+            )
+            if self.explicit:
+                self._unacked[seq] = (msg, now)
+
+    def _forget_stale(self) -> None:
+        """Delivered here more than ack_wait ago and never answered: NATS has given them
+        to someone (or here) again; keep the map bounded."""
+        cutoff = time.monotonic() - self.ack_wait_s
+        for seq in [s for s, (_, at) in self._unacked.items() if at < cutoff]:
+            del self._unacked[seq]
+
+    async def ack(
+        self, seq: int, *, nak: bool, delay_ms: int | None, term: bool, confirm: bool
+    ) -> None:
+        """Answer one message delivered on this connection (``js_ack``)."""
+        entry = self._unacked.pop(seq, None)
+        if entry is None:
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST,
+                f"message {seq} of durable {self.durable!r} is not awaiting an ack here",
+            )
+        msg = entry[0]
+        try:
+            if term:
+                await msg.term()
+            elif nak:
+                await msg.nak(delay=delay_ms / 1000 if delay_ms else None)
+            else:
+                await msg.ack()
+            if confirm:
+                await flush(self._upstream.nc, 5)
+        except (TimeoutError, nats.errors.Error):
+            raise ProtocolError(ErrorCode.INTERNAL, "NATS did not take the ack") from None
+
+    def halt(self) -> None:
+        self._halted = True
+
+    async def stop(self) -> None:
+        """Unbind; the durable and its position stay on the NATS server. What this
+        connection was given and did not answer goes back at once (a NAK), rather than
+        after ack_wait: another device continues where this one stopped."""
+        psub, self._psub = self._psub, None
+        unanswered = [m for m, _ in self._unacked.values()] + self._inflight
+        if psub is not None:
+            unanswered += _queued(psub)
+        self._unacked.clear()
+        self._inflight = []
+        with contextlib.suppress(Exception):  # gone already, or NATS away: ack_wait does it
+            if psub is not None:
+                # first: the server drops this binding's waiting pull with the interest,
+                # so the NAKed messages cannot go back into it
+                await psub.unsubscribe()
+            for msg in unanswered:
+                await msg.nak()
+
+
+def _queued(psub: JetStreamContext.PullSubscription) -> list[Msg]:
+    """Messages a pull brought after ``fetch`` returned, waiting in nats-py's queue for the
+    next one (a pull for ``batch`` stays open on the server and fills as acks free room).
+    nats-py has no public way to take them; without this they would be dropped with the
+    subscription and come back only after ack_wait."""
+    queue = getattr(getattr(psub, "_sub", None), "_pending_queue", None)
+    out: list[Msg] = []
+    while queue is not None and not queue.empty():
+        msg = queue.get_nowait()
+        if msg.reply and msg.reply.startswith("$JS.ACK."):
+            out.append(msg)
+    return out
+
+
+class DurableBridge:
+    def __init__(self, upstream: Upstream, config: Config) -> None:
+        self.upstream = upstream
+        self.config = config
+
+    async def _stream(self, stream: str) -> api.StreamInfo:
+        try:
+            return await self.upstream.js.stream_info(stream)
+        except NotFoundError:
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"no stream {stream!r}") from None
+
+    async def _consumer(self, stream: str, name: str) -> api.ConsumerInfo | None:
+        try:
+            info: api.ConsumerInfo = await self.upstream.js.consumer_info(stream, name)
+        except NotFoundError:
+            return None
+        return info
+
+    async def _owned(self, user: str, stream: str) -> list[api.ConsumerInfo]:
+        prefix = user_prefix(user)
+        infos = await self.upstream.js.consumers_info(stream)
+        return [
+            c
+            for c in infos
+            if c.name.startswith(prefix) and (c.config.metadata or {}).get(OWNER_KEY) == user
+        ]
+
+    async def open(
+        self, outbox: Outbox, user: str, stream: str, opts: Any
+    ) -> tuple[DurableFeed, list[str]]:
+        """Make the durable or check the one there is; the feed binds to it when started.
+        Returns what the capability check must cover: the filter, or every subject of
+        the stream."""
+        info = await self._stream(stream)
+        subjects = list(info.config.subjects or [])
+        flt: str | None = opts.filter
+        if flt is not None and not any(overlaps(flt, s) for s in subjects):
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST, f"filter {flt!r} is outside the subjects of {stream!r}"
+            )
+        name = consumer_name(user, opts.durable)
+        ci = await self._consumer(stream, name)
+        if ci is not None:
+            if (ci.config.metadata or {}).get(OWNER_KEY) != user:
+                raise ProtocolError(ErrorCode.FORBIDDEN, f"durable {opts.durable!r} is not yours")
+            if (ci.config.filter_subject or None) != flt and not opts.reset:
+                raise ProtocolError(
+                    ErrorCode.BAD_REQUEST,
+                    f"durable {opts.durable!r} exists with filter "
+                    f"{ci.config.filter_subject or None!r}; send reset: true to make it afresh",
+                )
+            if opts.reset:
+                await self.upstream.js.delete_consumer(stream, name)
+                ci = None
+        if ci is None:
+            limit = self.config.max_durables_per_user
+            if len(await self._owned(user, stream)) >= limit:
+                raise ProtocolError(
+                    ErrorCode.LIMIT, f"at most {limit} durables per user on stream {stream!r}"
+                )
+        ci = await self.upstream.js.add_consumer(stream, self._config(user, name, opts, ci))
+        state = info.state
+        reply = {
+            "durable": opts.durable,
+            "pending": ci.num_pending or 0,
+            "ack_pending": ci.num_ack_pending or 0,
+            "first_seq": state.first_seq or 0,
+            "last_seq": state.last_seq or 0,
+        }
+        feed = DurableFeed(
+            self.upstream,
+            outbox,
+            stream,
+            opts.durable,
+            name,
+            flt,
+            explicit=opts.ack == "explicit",
+            batch=opts.batch,
+            ack_wait_s=ci.config.ack_wait or ACK_WAIT_MS / 1000,
+            reply=reply,
+        )
+        return feed, [flt] if flt is not None else subjects
+
+    def _config(
+        self, user: str, name: str, opts: Any, existing: api.ConsumerInfo | None
+    ) -> api.ConsumerConfig:
+        """The consumer's config: made with the start position, ack wait and batch (its
+        most unacked messages); an existing one keeps them all but an ack wait given
+        anew (it may change on a live consumer)."""
+        if existing is not None:
+            cfg = existing.config
+            if opts.ack_wait_ms is not None:
+                cfg.ack_wait = opts.ack_wait_ms / 1000
+            return cfg
+        if opts.start_seq:
+            policy, seq, at = api.DeliverPolicy.BY_START_SEQUENCE, opts.start_seq, None
+        elif opts.start_time is not None:
+            policy, seq, at = api.DeliverPolicy.BY_START_TIME, None, opts.start_time
+        else:
+            policy, seq, at = api.DeliverPolicy.NEW, None, None
+        return api.ConsumerConfig(
+            durable_name=name,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=(opts.ack_wait_ms or ACK_WAIT_MS) / 1000,
+            max_ack_pending=opts.batch,
+            filter_subject=opts.filter,
+            deliver_policy=policy,
+            opt_start_seq=seq,
+            opt_start_time=at,
+            inactive_threshold=self.config.durable_inactive_s,
+            metadata={OWNER_KEY: user, NAME_KEY: opts.durable},
+        )
+
+    async def list(self, user: str, stream: str) -> list[dict[str, Any]]:
+        await self._stream(stream)
+        out = []
+        for c in await self._owned(user, stream):
+            out.append(
+                {
+                    "name": durable_of(user, c.name),
+                    "filter": c.config.filter_subject or None,
+                    "pending": c.num_pending or 0,
+                    "ack_pending": c.num_ack_pending or 0,
+                }
+            )
+        return sorted(out, key=lambda d: str(d["name"]))
+
+    async def delete(self, user: str, stream: str, durable: str) -> bool:
+        name = consumer_name(user, durable)
+        ci = await self._consumer(stream, name)
+        if ci is None:
+            return False
+        if (ci.config.metadata or {}).get(OWNER_KEY) != user:
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"durable {durable!r} is not yours")
+        with contextlib.suppress(NotFoundError):
+            await self.upstream.js.delete_consumer(stream, name)
+        return True

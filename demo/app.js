@@ -7,7 +7,8 @@
 //   js/chat.js      chat: JetStream stream CHAT, subject chat.room.lobby (history, live, resume)
 //   js/todos.js     todos: commands svc.todos.add|toggle|delete; state read back ONLY from
 //                   the KV watch on bucket "todos", keys user.<me>.>
-//   js/notify.js    notifications: core subject notify.<me>
+//   js/notify.js    notifications: stream NOTIFY, subject notify.<me>, through the durable
+//                   "inbox": unread until marked read (acked), on any device
 //   js/commands.js  commands: svc.echo, or any subject (timeout, forbidden, ... are shown)
 //   js/caps.js      capabilities: the live cap_update events, with what was revoked
 //   js/session.js   one signed-in session: the client, the cards, the connection badge

@@ -1,8 +1,10 @@
 """``natsgate demo``: the data and services the demo page needs (contract section 6).
 
-Users ``alice`` and ``bob``; stream ``CHAT``; bucket ``todos``; services ``svc.echo`` (the
-request payload back, unchanged) and ``svc.todos.*`` (writes the caller's todos, trusting
-the gateway's ``Natsgate-User`` header).
+Users ``alice`` and ``bob``; streams ``CHAT`` and ``NOTIFY`` (each user's notifications,
+``notify.<user>``, read through a durable: docs/protocol.md, "Durable subscriptions and
+acknowledgements"); bucket ``todos``; services ``svc.echo`` (the request payload back,
+unchanged) and ``svc.todos.*`` (writes the caller's todos, trusting the gateway's
+``Natsgate-User`` header).
 """
 
 from __future__ import annotations
@@ -27,15 +29,20 @@ log = logging.getLogger("natsgate.demo")
 
 USERS = ("alice", "bob")
 DEMO_BUCKET = "todos"
+NOTIFY_STREAM = "NOTIFY"
+NOTIFY_MAX_AGE_S = 86_400.0  # a notification nobody read in a day is gone
+NOTIFY_MAX_PER_USER = 1_000  # messages kept per notify.<user> subject
 
 
 def demo_caps(user: str) -> dict[str, Any]:
     return {
-        "subjects": ["chat.>", f"notify.{user}"],
+        "subjects": ["chat.>"],
+        # anyone with this grant may notify the user: the stream stores a plain publish
         "publish": ["chat.>", f"notify.{user}"],
         "commands": ["svc.echo", "svc.todos.*"],
         "buckets": {DEMO_BUCKET: [f"user.{user}.>"]},
-        "streams": {"CHAT": ["chat.room.*"]},
+        # one's own notifications only: a durable's filter must be covered by the grant
+        "streams": {"CHAT": ["chat.room.*"], NOTIFY_STREAM: [f"notify.{user}"]},
     }
 
 
@@ -50,11 +57,20 @@ async def seed(
     for user in USERS:
         await caps_kv.put(user, json.dumps(demo_caps(user)).encode())
         await creds_kv.put(user, hasher.hash(password).encode())
-    cfg = StreamConfig(name="CHAT", subjects=["chat.room.*"], max_msgs_per_subject=10_000)
-    try:
-        await js.stream_info("CHAT")
-    except NotFoundError:
-        await js.add_stream(cfg)
+    streams = [
+        StreamConfig(name="CHAT", subjects=["chat.room.*"], max_msgs_per_subject=10_000),
+        StreamConfig(
+            name=NOTIFY_STREAM,
+            subjects=["notify.>"],
+            max_age=NOTIFY_MAX_AGE_S,
+            max_msgs_per_subject=NOTIFY_MAX_PER_USER,
+        ),
+    ]
+    for cfg in streams:
+        try:
+            await js.stream_info(cfg.name or "")
+        except NotFoundError:
+            await js.add_stream(cfg)
     try:
         await js.key_value(DEMO_BUCKET)
     except Exception:

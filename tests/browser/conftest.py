@@ -34,7 +34,8 @@ import pytest
 import pytest_asyncio
 from nats.aio.client import Client as NATS
 
-from natsgate.demo import Services, demo_caps, seed
+from natsgate.demo import NOTIFY_STREAM, Services, demo_caps, seed
+from natsgate.durables import user_prefix
 from natsgate.natsrunner import NatsServer
 
 from ..helpers import T
@@ -108,6 +109,21 @@ class Backend:
             await kv.delete(user)
         else:
             await kv.put(user, json.dumps(caps).encode())
+
+    async def clear_notifications(self, user: str) -> None:
+        """An empty inbox: the user's notifications purged, their durables deleted."""
+        js = self.nc.jetstream()
+        await js.purge_stream(NOTIFY_STREAM, subject=f"notify.{user}")
+        for ci in await js.consumers_info(NOTIFY_STREAM):
+            if ci.name.startswith(user_prefix(user)):
+                await js.delete_consumer(NOTIFY_STREAM, ci.name)
+
+    async def notify(self, user: str, text: str) -> int:
+        """A notification for ``user``, published straight to NATS (as a service would)."""
+        ack = await self.nc.jetstream().publish(
+            f"notify.{user}", json.dumps({"text": text}).encode()
+        )
+        return int(ack.seq)
 
     async def chat(self, text: str, sender: str | None = None) -> int:
         """Publish a chat line straight to NATS (as a service or a bridge would); its seq."""
@@ -247,6 +263,7 @@ class GatewayProcess:
 async def gateway(backend: Backend, tmp_path: Path) -> AsyncIterator[GatewayProcess]:
     for user in ("alice", "bob"):  # every test starts from the demo's capabilities
         await backend.set_caps(user, demo_caps(user))
+        await backend.clear_notifications(user)  # and an empty notification inbox
     g = GatewayProcess(backend, free_port(), tmp_path / "gateway.log")
     await g.start()
     yield g

@@ -10,7 +10,7 @@ import pytest
 from nats.aio.msg import Msg
 
 from natsgate.auth import mint_token
-from natsgate.demo import demo_caps
+from natsgate.demo import NOTIFY_STREAM, demo_caps
 
 from .conftest import PASSWORD, Backend, Pages, T, expect, shot, texts, unique
 
@@ -55,44 +55,50 @@ async def test_revoked_capability_stops_the_feed(pages: Pages, backend: Backend)
     alice = await pages.login("alice")
     items = alice.get_by_test_id("notify-item")
     first = f"first {unique('')}"
-    await backend.nc.publish("notify.alice", json.dumps({"text": first}).encode())
+    await backend.notify("alice", first)
     await expect(items.filter(has_text=first)).to_have_count(1)  # the feed works
 
     caps = demo_caps("alice")
-    caps["subjects"] = [s for s in caps["subjects"] if s != "notify.alice"]
+    caps["streams"] = {k: v for k, v in caps["streams"].items() if k != NOTIFY_STREAM}
     await backend.set_caps("alice", caps)
 
     await expect(alice.get_by_test_id("notify-status")).to_have_attribute("data-state", "revoked")
     revoked = alice.get_by_test_id("revoked-item")
     await expect(
-        revoked.filter(has_text="Subscribe").filter(has_text="notify.alice")
+        revoked.filter(has_text="Streams").filter(has_text="NOTIFY: notify.alice")
     ).to_have_count(1)
     await expect(
-        revoked.filter(has_text="Feed stopped").filter(has_text="notify.alice")
+        revoked.filter(has_text="Feed stopped").filter(has_text="NOTIFY notify.alice")
     ).to_have_count(1)
-    subscribe_grants = alice.locator('[data-testid="cap-grant"][data-kind="subjects"]')
-    await expect(subscribe_grants).to_have_text(["chat.>"])
+    stream_grants = alice.locator('[data-testid="cap-grant"][data-kind="streams"]')
+    await expect(stream_grants).to_have_text(["CHAT: chat.room.*"])
     # the other feeds stay live
     for feed in ("chat", "todos"):
         await expect(alice.get_by_test_id(f"{feed}-status")).to_have_attribute("data-state", "live")
 
-    # Published after the page saw the cap_update: the contract says it is never delivered.
-    # So that it would have shown up by now if it were, a chat line published after it must
-    # arrive first (both reach the gateway over its one NATS connection).
-    await backend.nc.publish("notify.alice", json.dumps({"text": "too late"}).encode())
+    # Stored after the page saw the cap_update: the contract says it is not delivered while
+    # the grant is gone. So that it would have shown up by now if it were, a chat line
+    # published after it must arrive first.
+    meanwhile = f"while revoked {unique('')}"
+    await backend.notify("alice", meanwhile)
     barrier = f"barrier {unique('')}"
     await backend.chat(barrier, sender="bob")
     await expect(alice.get_by_test_id("chat-line").filter(has_text=barrier)).to_have_count(1)
     assert await texts(alice, "notify-text") == [first]
     await shot(alice, "test_revoked_capability_stops_the_feed")
 
-    # granted again: the page reopens the feed by itself
+    # Granted again: the page binds the durable again by itself and gets what is unread, the
+    # one stored meanwhile and the first one again (the gateway NAKed it when the revocation
+    # ended the binding).
     await backend.set_caps("alice", demo_caps("alice"))
     await expect(alice.get_by_test_id("notify-status")).to_have_attribute("data-state", "live")
+    await expect(items.filter(has_text=meanwhile)).to_have_attribute("data-delivery", "1")
+    await expect(items.filter(has_text=first)).to_have_attribute("data-delivery", "2")
     again = f"again {unique('')}"
-    await backend.nc.publish("notify.alice", json.dumps({"text": again}).encode())
+    await backend.nc.publish("notify.alice", json.dumps({"text": again}).encode())  # core NATS
     await expect(items.filter(has_text=again)).to_have_count(1)
-    await expect(items).to_have_count(2)
+    assert await texts(alice, "notify-text") == [again, meanwhile, first]  # newest first
+    await expect(alice.get_by_test_id("notify-unread")).to_have_text("3")
 
 
 async def test_deleted_capabilities_revoke_every_feed(pages: Pages, backend: Backend) -> None:

@@ -275,3 +275,22 @@ async def test_1000_messages_through_a_client_that_keeps_disconnecting(gw: Gw, n
             await c.close()
     assert acked == set(range(1, total + 1)), f"missing {total - len(acked)}"
     assert redelivered_after_ack == 0
+
+
+async def test_a_refused_durable_is_never_made_nor_reset(gw: Gw, nc: NATS) -> None:
+    """The capability check comes before anything is made or deleted on NATS: a durable
+    the user may not read (no filter, while only one subject is granted) leaves nothing
+    behind, and a refused ``reset`` keeps the durable there is."""
+    stream, prefix = await _stream(nc)
+    user = unique("u")
+    await gw.set_caps(user, {"streams": {stream: [f"{prefix}.mine"]}})
+    c = await connect(gw, user)
+    assert (await c.error("js_sub", stream, {"durable": "whole"}))["code"] == "forbidden"
+    flt = {"durable": "d", "filter": f"{prefix}.mine", "start_seq": 1}
+    await c.ok("js_sub", stream, flt)
+    await c.ok("js_unsub", stream, {"durable": "d"})
+    err = await c.error("js_sub", stream, {"durable": "d", "reset": True})
+    assert err["code"] == "forbidden"
+    names = [d["name"] for d in (await c.ok("js_durables", stream))["data"]["durables"]]
+    assert names == ["d"]
+    await c.close()

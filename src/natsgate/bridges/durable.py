@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import nats.errors
@@ -220,17 +221,29 @@ class DurableBridge:
         ]
 
     async def open(
-        self, outbox: Outbox, user: str, stream: str, opts: Any
+        self,
+        outbox: Outbox,
+        user: str,
+        stream: str,
+        opts: Any,
+        allowed: Callable[[list[str]], bool],
     ) -> tuple[DurableFeed, list[str]]:
         """Make the durable or check the one there is; the feed binds to it when started.
-        Returns what the capability check must cover: the filter, or every subject of
-        the stream."""
+        ``allowed`` is asked, before anything is made or deleted, whether the user may
+        read what the durable covers: the filter, or every subject of the stream (also
+        returned, for the check of a live subscription)."""
         info = await self._stream(stream)
         subjects = list(info.config.subjects or [])
         flt: str | None = opts.filter
         if flt is not None and not any(overlaps(flt, s) for s in subjects):
             raise ProtocolError(
                 ErrorCode.BAD_REQUEST, f"filter {flt!r} is outside the subjects of {stream!r}"
+            )
+        covered = [flt] if flt is not None else subjects
+        if not allowed(covered):
+            raise ProtocolError(
+                ErrorCode.FORBIDDEN,
+                f"your capabilities do not cover stream {stream!r} with {flt or 'no filter'!r}",
             )
         name = consumer_name(user, opts.durable)
         ci = await self._consumer(stream, name)
@@ -273,7 +286,7 @@ class DurableBridge:
             ack_wait_s=ci.config.ack_wait or ACK_WAIT_MS / 1000,
             reply=reply,
         )
-        return feed, [flt] if flt is not None else subjects
+        return feed, covered
 
     def _config(
         self, user: str, name: str, opts: Any, existing: api.ConsumerInfo | None

@@ -24,7 +24,13 @@ async def js_sub(conn: Conn, op: p.JsSub) -> None:
         Kind.DURABLE,
         opts.durable,
         flt,
-        lambda: gw.durables.open(conn.outbox, conn.user, op.target, opts),
+        lambda: gw.durables.open(
+            conn.outbox,
+            conn.user,
+            op.target,
+            opts,
+            lambda covered: conn.caps.allows(Kind.DURABLE, op.target, covered, gw.reserved),
+        ),
     )
 
 

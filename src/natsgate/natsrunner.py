@@ -183,7 +183,10 @@ class NatsServer:
         ports_dir.mkdir()
         log = self.log_file or (run_dir / "nats.log")
         cmd = [find_binary(), "-c", str(conf), "--ports_file_dir", str(ports_dir), "-l", str(log)]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+        # its own session: a Ctrl-C or a SIGTERM to the terminal's process group reaches
+        # the gateway alone, which drains its NATS connection and then stops this server
+        # (otherwise the server died first and the drain waited out DRAIN_TIMEOUT)
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + timeout
         ports_file = ports_dir / f"nats-server_{self.proc.pid}.ports"
         while time.monotonic() < deadline:

@@ -69,13 +69,14 @@ async def _serve(cfg: Config, *, demo_password: str | None = None, reuse_port: b
         await gw.stop()
         await edge.cleanup()
         return fail(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}")
-    shown = "127.0.0.1" if cfg.host in ("0.0.0.0", "") else cfg.host
-    say(f"natsgate listening on http://{shown}:{port}")
-
+    # Handlers first: whoever reads the line below may signal at once (a supervisor, a
+    # test), and SIGTERM must then drain rather than kill.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    shown = "127.0.0.1" if cfg.host in ("0.0.0.0", "") else cfg.host
+    say(f"natsgate listening on http://{shown}:{port}")
 
     services = None
     if demo_password is not None:

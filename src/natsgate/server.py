@@ -94,7 +94,9 @@ async def login(request: web.Request) -> web.Response:
     except msgspec.DecodeError as exc:
         return _error(400, f"bad request: {exc}")
     user = body.username
-    keys = (f"ip:{_remote(request, gw)}", f"user:{user}")
+    # A name that is no user id shares one key: it can never log in, and a 60 KB name per
+    # attempt must not become a 60 KB throttle key
+    keys = (f"ip:{_remote(request, gw)}", f"user:{user}" if valid_user_id(user) else "user:")
     # Counted as a failure before the hash is checked, so concurrent attempts cannot pass
     # the limit; forgiven on success.
     if not gw.throttle.take(*keys):

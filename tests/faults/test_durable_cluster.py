@@ -10,14 +10,14 @@ is elected from the replicas), and the stream loses the leader that stores what 
 backend publishes meanwhile. Killing only the stream leader, or only B's node, is a
 subset of this.
 
-Asserted hard: every message delivered and in the end acked on NATS, none lost, the
-backend's messages stored once, B's socket open throughout, the restarted node caught up.
-Known gap, reported as xfail rather than a failure so the suite stays usable: the gateway
-confirms an ack (``reply`` to a ``js_ack`` with an inbox) once *its own* NATS node has the
-ack (publish + flush), not once the consumer's leader applied it with quorum. Acks sent
-while the consumer has no leader, or taken by a leader that dies before replicating them,
-are confirmed and lost, and those messages come again. With ``Msg.ack_sync()`` (NATS
-2.11+ answers it after quorum) the same run passes. Remove the ``xfail`` once fixed.
+Asserted: every message delivered and in the end acked on NATS, none lost, none
+delivered again after the gateway confirmed its ack, the backend's messages stored once,
+B's socket open throughout, the restarted node caught up. This test found that a confirmed
+ack used to mean only "the gateway's own NATS node has it" (publish + flush): acks sent
+while the consumer had no leader were confirmed and lost, and those messages came again.
+The gateway now confirms with a double ack (a request JetStream answers once the
+consumer's leader applied it); acks sent while there is no leader are answered
+``internal`` and their messages come again, which the client then acks.
 """
 
 from __future__ import annotations
@@ -319,11 +319,10 @@ async def test_a_durable_continues_across_gateways_through_a_node_kill(
     if reader.after_confirmed or reader.failed:  # the story, for the report
         for t, what in reader.log[ON_A:]:
             print(f"{t - killed_t:+.3f} {what}")
-    if reader.after_confirmed:
-        pytest.xfail(
-            f"{len(reader.after_confirmed)} messages delivered again after the gateway "
-            f"confirmed their ack: {reader.after_confirmed}"
-        )
+    assert reader.after_confirmed == [], (
+        f"{len(reader.after_confirmed)} messages delivered again after the gateway "
+        f"confirmed their ack: {reader.after_confirmed}"
+    )
 
 
 async def _publish(js: Any, subject: str, start: int, count: int, deadline: float) -> None:

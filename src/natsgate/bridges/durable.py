@@ -30,13 +30,14 @@ from ..errors import ErrorCode, ProtocolError
 from ..outbox import Outbox
 from ..protocol import ACK_WAIT_MS
 from ..subjects import overlaps
-from ..upstream import Upstream, flush
+from ..upstream import Upstream
 from .feed import Feed
 from .reader import parse_ack
 
 log = logging.getLogger("natsgate.durable")
 
 FETCH_S = 5.0  # a pull waits this long for messages before the next one is made
+ACK_TIMEOUT_S = 5.0  # a confirmed ack (js_ack with an inbox) waits this long for JetStream
 HEARTBEAT_S = 1.0
 
 
@@ -145,17 +146,25 @@ class DurableFeed(Feed):
                 f"message {seq} of durable {self.durable!r} is not awaiting an ack here",
             )
         msg = entry[0]
+        if term:
+            body = b"+TERM"
+        elif nak:
+            body = b"-NAK" + (b' {"delay":%d}' % (delay_ms * 1_000_000) if delay_ms else b"")
+        else:
+            body = b"+ACK"
+        nc = self._upstream.nc
         try:
-            if term:
-                await msg.term()
-            elif nak:
-                await msg.nak(delay=delay_ms / 1000 if delay_ms else None)
-            else:
-                await msg.ack()
             if confirm:
-                await flush(self._upstream.nc, 5)
+                # A request makes it a double ack: JetStream answers once the consumer's
+                # leader has applied it (with its replicas). A flush would only prove that
+                # the gateway's own NATS node got it, and on a cluster an ack taken by a node
+                # while the leader is being elected is dropped: the message came again.
+                await nc.request(msg.reply, body, timeout=ACK_TIMEOUT_S)
+            else:
+                await nc.publish(msg.reply, body)
         except (TimeoutError, nats.errors.Error):
-            raise ProtocolError(ErrorCode.INTERNAL, "NATS did not take the ack") from None
+            self._unacked.setdefault(seq, entry)  # not taken: it may be answered again
+            raise ProtocolError(ErrorCode.INTERNAL, "NATS did not confirm the ack") from None
 
     def halt(self) -> None:
         self._halted = True

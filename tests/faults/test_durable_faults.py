@@ -25,7 +25,7 @@ from tests.helpers import T, WsClient, eventually, start_gateway
 pytestmark = pytest.mark.slow
 
 TOTAL = 60
-SUB = {"durable": "d", "ack": "explicit", "ack_wait_ms": 5000, "batch": 10, "start_seq": 1}
+SUB = {"durable": "d", "ack": "explicit", "ack_wait_ms": 2000, "batch": 10, "start_seq": 1}
 
 
 @pytest_asyncio.fixture

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -20,14 +21,15 @@ from typing import Any
 
 import nats.errors
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext, api
+from nats.aio.subscription import Subscription
+from nats.js import api
 from nats.js.errors import NotFoundError
 
 from .. import frames
 from ..config import Config
 from ..durables import NAME_KEY, OWNER_KEY, consumer_name, durable_of, user_prefix
 from ..errors import ErrorCode, ProtocolError
-from ..outbox import Outbox
+from ..outbox import Outbox, OutboxClosed
 from ..protocol import ACK_WAIT_MS
 from ..subjects import overlaps
 from ..upstream import Upstream
@@ -36,12 +38,17 @@ from .reader import parse_ack
 
 log = logging.getLogger("natsgate.durable")
 
-FETCH_S = 5.0  # a pull waits this long for messages before the next one is made
+PULL_S = 5.0  # a pull waits this long for messages before the next one is made
 ACK_TIMEOUT_S = 5.0  # a confirmed ack (js_ack with an inbox) waits this long for JetStream
 HEARTBEAT_S = 1.0
 
 
 class DurableFeed(Feed):
+    """One connection bound to a durable. It makes its own pull requests (as the ordered
+    :class:`~.reader.Reader` does) rather than use nats-py's ``fetch``, which holds the
+    messages of a pull until it has the whole batch or the pull expires: a lone message
+    waited seconds, and with a short ack wait came again before the client saw it."""
+
     def __init__(
         self,
         upstream: Upstream,
@@ -61,72 +68,101 @@ class DurableFeed(Feed):
         self.explicit, self.batch, self.ack_wait_s = explicit, batch, ack_wait_s
         self._upstream = upstream
         self._reply = reply
-        self._psub: JetStreamContext.PullSubscription | None = None
+        self._sub: Subscription | None = None
+        self._inbox = ""
+        self._gen = 0  # the current pull; status messages of older ones are ignored
+        self._got = 0  # messages of the current pull
+        self._pulled = asyncio.Event()  # the current pull is complete or ended
+        self._deleted = False
         self._halted = False
         # explicit acks: what this connection delivered and the client has not answered,
         # by stream sequence, with when (messages older than ack_wait went to others);
-        # ack none: the batch on its way to the socket, acked once written
+        # ack none: what went to the socket and is acked once written
         self._unacked: dict[int, tuple[Msg, float]] = {}
         self._inflight: list[Msg] = []
 
     async def start(self) -> dict[str, Any]:
-        js = self._upstream.js
-        self._psub = await js.pull_subscribe_bind(durable=self.consumer, stream=self.stream)
+        nc = self._upstream.nc
+        self._inbox = nc.new_inbox()
+        self._sub = await nc.subscribe(self._inbox + ".*", cb=self._on_delivery)
         return self._reply
 
     async def run(self) -> None:
-        ob = self.outbox
+        ob, nc = self.outbox, self._upstream.nc
         while not self._halted:
-            await ob.written_up_to(ob.pushed)  # the socket took the previous batch
-            psub = self._psub
-            if psub is None:
-                return
+            await ob.written_up_to(ob.pushed)  # the socket took what came so far
+            if self._deleted:
+                raise ProtocolError(ErrorCode.NOT_FOUND, f"durable {self.durable!r} was deleted")
+            self._gen += 1
+            self._got = 0
+            self._pulled.clear()
+            request = {
+                "batch": self.batch,
+                "expires": int(PULL_S * 1e9),
+                "idle_heartbeat": int(HEARTBEAT_S * 1e9),
+            }
             try:
-                msgs = await psub.fetch(self.batch, timeout=FETCH_S, heartbeat=HEARTBEAT_S)
-            except (TimeoutError, nats.errors.TimeoutError):
-                self._forget_stale()
-                continue
-            except NotFoundError:
-                raise ProtocolError(
-                    ErrorCode.NOT_FOUND, f"durable {self.durable!r} was deleted"
-                ) from None
-            except nats.errors.Error as exc:  # NATS away for a moment: pull again
-                log.debug("fetch on %s failed: %r", self.consumer, exc)
-                await asyncio.sleep(0.5)
-                continue
-            if self._halted:
-                return  # not acked: NATS delivers them again after ack_wait
-            self._deliver(msgs)
-            if not self.explicit:
-                self._inflight = msgs
-                await ob.written_up_to(ob.pushed)  # handled once written to the socket
-                self._inflight = []
-                for msg in msgs:
-                    await msg.ack()
-
-    def _deliver(self, msgs: list[Msg]) -> None:
-        now = time.monotonic()
-        for msg in msgs:
-            d = parse_ack(msg.reply)
-            if d is None:
-                continue  # not a JetStream delivery
-            seq = d.stream_seq
-            headers = dict(msg.headers) if msg.headers else None
-            self.outbox.push(
-                frames.encode_js(
-                    self.stream,
-                    seq,
-                    msg.subject,
-                    msg.data,
-                    d.time,
-                    headers,
-                    sub=self.filter,
-                    durable=self.durable,
-                    delivery=msg.metadata.num_delivered if self.explicit else None,
+                await nc.publish(
+                    f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.consumer}",
+                    json.dumps(request).encode(),
+                    reply=f"{self._inbox}.{self._gen}",
                 )
+                # NATS away or heartbeats gone: pull again after this long
+                await asyncio.wait_for(self._pulled.wait(), PULL_S + 2 * HEARTBEAT_S)
+            except (TimeoutError, nats.errors.Error) as exc:
+                log.debug("pull on %s: %r", self.consumer, exc)
+            self._forget_stale()
+
+    async def _on_delivery(self, msg: Msg) -> None:
+        if msg.reply and msg.reply.startswith("$JS.ACK.") and self._halted:
+            self._inflight.append(msg)  # never shown: stop() NAKs it
+            return
+        if msg.reply and msg.reply.startswith("$JS.ACK."):
+            self._deliver(msg)
+            self._got += 1
+            if self._got >= self.batch:
+                self._pulled.set()
+            if not self.explicit:  # ack none: handled once the socket took it
+                ob = self.outbox
+                try:
+                    await ob.written_up_to(ob.pushed)
+                except OutboxClosed:
+                    return  # stop() NAKs it
+                if msg in self._inflight:
+                    self._inflight.remove(msg)
+                    await self._upstream.nc.publish(msg.reply, b"+ACK")
+            return
+        if msg.subject.rsplit(".", 1)[-1] != str(self._gen):
+            return  # a status of an older pull
+        status = (msg.headers or {}).get("Status")
+        if status == "100":
+            return  # idle heartbeat: the pull is alive
+        if status == "409" and "Consumer Deleted" in (msg.headers or {}).get("Description", ""):
+            self._deleted = True
+        self._pulled.set()  # 404 no messages, 408 expired, 409 and the like: pull again
+
+    def _deliver(self, msg: Msg) -> None:
+        d = parse_ack(msg.reply or "")
+        if d is None:
+            return
+        headers = dict(msg.headers) if msg.headers else None
+        self.outbox.push(
+            frames.encode_js(
+                self.stream,
+                d.stream_seq,
+                msg.subject,
+                msg.data,
+                d.time,
+                headers,
+                sub=self.filter,
+                durable=self.durable,
+                delivery=msg.metadata.num_delivered if self.explicit else None,
             )
-            if self.explicit:
-                self._unacked[seq] = (msg, now)
+        )
+        if self.explicit:
+            self._unacked[d.stream_seq] = (msg, time.monotonic())
+        else:
+            self._inflight.append(msg)
 
     def _forget_stale(self) -> None:
         """Delivered here more than ack_wait ago and never answered: NATS has given them
@@ -173,33 +209,20 @@ class DurableFeed(Feed):
         """Unbind; the durable and its position stay on the NATS server. What this
         connection was given and did not answer goes back at once (a NAK), rather than
         after ack_wait: another device continues where this one stopped."""
-        psub, self._psub = self._psub, None
-        unanswered = [m for m, _ in self._unacked.values()] + self._inflight
-        if psub is not None:
-            unanswered += _queued(psub)
-        self._unacked.clear()
-        self._inflight = []
+        self._halted = True
+        sub, self._sub = self._sub, None
+        nc = self._upstream.nc
         with contextlib.suppress(Exception):  # gone already, or NATS away: ack_wait does it
-            if psub is not None:
+            if sub is not None:
                 # first: the server drops this binding's waiting pull with the interest,
                 # so the NAKed messages cannot go back into it
-                await psub.unsubscribe()
+                await sub.unsubscribe()
+            unanswered = [m for m, _ in self._unacked.values()] + self._inflight
+            self._unacked.clear()
+            self._inflight = []
             for msg in unanswered:
-                await msg.nak()
-
-
-def _queued(psub: JetStreamContext.PullSubscription) -> list[Msg]:
-    """Messages a pull brought after ``fetch`` returned, waiting in nats-py's queue for the
-    next one (a pull for ``batch`` stays open on the server and fills as acks free room).
-    nats-py has no public way to take them; without this they would be dropped with the
-    subscription and come back only after ack_wait."""
-    queue = getattr(getattr(psub, "_sub", None), "_pending_queue", None)
-    out: list[Msg] = []
-    while queue is not None and not queue.empty():
-        msg = queue.get_nowait()
-        if msg.reply and msg.reply.startswith("$JS.ACK."):
-            out.append(msg)
-    return out
+                if msg.reply:
+                    await nc.publish(msg.reply, b"-NAK")
 
 
 class DurableBridge:

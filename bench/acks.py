@@ -55,7 +55,7 @@ from bench.procs import (
     wait_for_line,
 )
 from bench.settings import RESULTS, ROOT
-from bench.sut import http_ok, natsgate_argv, natsgate_code
+from bench.sut import caps_bucket, http_ok, natsgate_argv, natsgate_code
 
 STREAM = "ACKS"
 PAYLOAD_BYTES = 150
@@ -116,18 +116,7 @@ async def make_consumers(nc: Any, clients: int, batch: int) -> None:
 async def grant_users(nc: Any, clients: int, wait_s: float) -> None:
     """Client i is user u<i>, granted its own subject of the stream (``auth_users``, made
     by the gateway when it starts)."""
-    from nats.js.errors import BucketNotFoundError, NotFoundError
-
-    js = nc.jetstream()
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            kv = await js.key_value("auth_users")
-            break
-        except (BucketNotFoundError, NotFoundError):
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.1)
+    kv = await caps_bucket(nc, wait_s)
     for i in range(clients):
         await kv.put(f"u{i}", json.dumps({"streams": {STREAM: [f"acks.{i}"]}}).encode())
 

@@ -95,23 +95,28 @@ def mint(user: str) -> str:
         return jwt.encode({"sub": user, "iat": now, "exp": now + 6 * 3600}, SECRET, "HS256")
 
 
+async def caps_bucket(nc: Any, wait_s: float = 20) -> Any:
+    """The gateway's ``auth_users`` bucket, once the gateway has made it at start."""
+    from nats.js.errors import BucketNotFoundError, NotFoundError
+
+    js = nc.jetstream()
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return await js.key_value("auth_users")
+        except (BucketNotFoundError, NotFoundError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
 async def grant(nats_url: str) -> None:
     """Store the bench user's capabilities in ``auth_users`` (made by the gateway)."""
     import nats
-    from nats.js.errors import BucketNotFoundError, NotFoundError
 
     nc = await nats.connect(nats_url, name="bench-setup", max_reconnect_attempts=0)
     try:
-        js = nc.jetstream()
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                kv = await js.key_value("auth_users")
-                break
-            except (BucketNotFoundError, NotFoundError):
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.1)
+        kv = await caps_bucket(nc)
         await kv.put(BENCH_USER, json.dumps({"subjects": ["bench.>"]}).encode())
     finally:
         await nc.close()

@@ -179,7 +179,9 @@ class DurableFeed(Feed):
         if entry is None:
             raise ProtocolError(
                 ErrorCode.BAD_REQUEST,
-                f"message {seq} of durable {self.durable!r} is not awaiting an ack here",
+                f"message {seq} of durable {self.durable!r} is not awaiting an ack here "
+                "(acked already, delivered on another connection, or delivered longer than "
+                "ack_wait ago: then it comes again)",
             )
         msg = entry[0]
         if term:

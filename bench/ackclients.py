@@ -30,16 +30,11 @@ import sys
 import time
 from typing import Any
 
-from bench.common import install_uvloop, raise_nofile
+from bench.common import commands, install_uvloop, raise_nofile, say
 
 MAX_LIFETIME_S = 900
 SEQ_RE = re.compile(rb'"seq":(\d+)')
 DELIVERY_RE = re.compile(rb'"delivery":(\d+)')
-
-
-def say(obj: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
 
 
 class Tally:
@@ -320,23 +315,8 @@ def _nats_side(cfg: dict[str, Any]) -> Any:
 async def main(side_name: str) -> None:
     raise_nofile()
     side: Any = None
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=1 << 20)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    say({"ev": "ready"})
-    end = time.monotonic() + MAX_LIFETIME_S
     try:
-        while True:
-            left = end - time.monotonic()
-            if left <= 0:
-                break
-            try:
-                line = await asyncio.wait_for(reader.readline(), left)
-            except TimeoutError:
-                break
-            if not line:
-                break  # the orchestrator is gone
-            cmd = json.loads(line)
+        async for cmd in commands(MAX_LIFETIME_S, 1 << 20):
             if cmd["cmd"] == "bind":  # the clients' configuration (tokens: not in argv)
                 try:
                     cfg = cmd["cfg"]
@@ -347,8 +327,6 @@ async def main(side_name: str) -> None:
             elif cmd["cmd"] == "go":
                 tallies = await side.go(float(cmd["deadline_s"]))
                 say({"ev": "done", "clients": [t.result() for t in tallies]})
-            elif cmd["cmd"] == "exit":
-                break
     finally:
         if side is not None:
             await side.close()

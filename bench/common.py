@@ -3,14 +3,19 @@ and the process hygiene (file limits, dying with the parent)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
+import json
 import mmap
 import os
 import resource
 import signal
 import sys
+import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 # ------------------------------------------------------------------ payload
 
@@ -90,3 +95,34 @@ def install_uvloop() -> None:
         uvloop.install()
     except ImportError:  # pragma: no cover
         pass
+
+
+# ------------------------------------------------------------------ the orchestrator's pipe
+
+
+def say(obj: dict[str, Any]) -> None:
+    """One JSON line to the orchestrator."""
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+async def commands(lifetime_s: float, limit: int = 1 << 24) -> AsyncIterator[dict[str, Any]]:
+    """The orchestrator's JSON-line commands on standard input, after saying ``ready``; ends
+    when the input closes, on ``{"cmd": "exit"}``, or after ``lifetime_s`` (every child
+    stops by itself)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=limit)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    say({"ev": "ready"})
+    end = time.monotonic() + lifetime_s
+    while (left := end - time.monotonic()) > 0:
+        try:
+            line = await asyncio.wait_for(reader.readline(), left)
+        except TimeoutError:
+            return
+        if not line:
+            return  # the orchestrator is gone
+        cmd = json.loads(line)
+        if cmd.get("cmd") == "exit":
+            return
+        yield cmd

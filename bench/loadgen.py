@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import json
 import re
 import sys
 import time
@@ -34,7 +33,7 @@ from typing import Any
 
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
-from bench.common import SEQ_PATTERN, Counters, install_uvloop, raise_nofile
+from bench.common import SEQ_PATTERN, Counters, commands, install_uvloop, raise_nofile, say
 
 MAX_LIFETIME_S = 1800
 CONNECT_TIMEOUT_S = 20.0
@@ -313,32 +312,12 @@ async def close_all(gen: Gen) -> None:
     gen.transports.clear()
 
 
-def say(obj: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
-
-
 async def main(slot: int, counters_path: str, slots: int) -> None:
     raise_nofile()
     counters = Counters(Path(counters_path), slots)
     gen = Gen(counters, slot)
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=1 << 24)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    say({"ev": "ready"})
-    end = time.monotonic() + MAX_LIFETIME_S
     try:
-        while True:
-            left = end - time.monotonic()
-            if left <= 0:
-                break
-            try:
-                line = await asyncio.wait_for(reader.readline(), left)
-            except TimeoutError:
-                break
-            if not line:
-                break  # the orchestrator is gone
-            cmd = json.loads(line)
+        async for cmd in commands(MAX_LIFETIME_S):
             match cmd["cmd"]:
                 case "connect":
                     say(await connect_all(gen, cmd))
@@ -360,8 +339,6 @@ async def main(slot: int, counters_path: str, slots: int) -> None:
                 case "close":
                     await close_all(gen)
                     say({"ev": "closed"})
-                case "exit":
-                    break
     finally:
         await close_all(gen)
         counters.close()

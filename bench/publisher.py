@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import sys
 import time
 from pathlib import Path
@@ -32,15 +31,10 @@ from typing import Any
 
 import nats
 
-from bench.common import Counters, install_uvloop, payload
+from bench.common import Counters, commands, install_uvloop, payload, say
 
 MAX_LIFETIME_S = 1800
 IN_FLIGHT_S = 0.5  # the in-flight bound, in seconds of deliveries at the best rate seen
-
-
-def say(obj: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
 
 
 async def throughput(nc: Any, counters: Counters, cmd: dict[str, Any], seq0: int) -> dict[str, Any]:
@@ -130,21 +124,9 @@ async def main(url: str, counters_path: str, slots: int) -> None:
     nc = await nats.connect(
         url, name="bench-publisher", max_reconnect_attempts=0, pending_size=8 * 1024 * 1024
     )
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=1 << 24)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    say({"ev": "ready"})
     seq = 1
-    end = time.monotonic() + MAX_LIFETIME_S
     try:
-        while time.monotonic() < end:
-            try:
-                line = await asyncio.wait_for(reader.readline(), end - time.monotonic())
-            except TimeoutError:
-                break
-            if not line:
-                break
-            cmd = json.loads(line)
+        async for cmd in commands(MAX_LIFETIME_S):
             match cmd["cmd"]:
                 case "throughput":
                     res = await throughput(nc, counters, cmd, seq)

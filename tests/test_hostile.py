@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ipaddress
 import json
 import time
 from typing import Any
@@ -125,7 +126,7 @@ async def test_02_concurrent_wrong_logins_cannot_pass_the_throttle(gw: Gw) -> No
 async def test_02_hash_checks_run_in_a_bounded_pool(make_gw: Any) -> None:
     """Fresh addresses (believed from a trusted proxy) and user names, so the throttle never
     bites: beyond the pool's capacity the answer is 503 with Retry-After, at once."""
-    gw: Gw = await make_gw(trusted_proxies=(__import__("ipaddress").ip_network("127.0.0.1"),))
+    gw: Gw = await make_gw(trusted_proxies=(ipaddress.ip_network("127.0.0.1"),))
     capacity = gw.gateway.hasher.capacity
     async with aiohttp.ClientSession() as s:
         results = await asyncio.gather(
@@ -141,7 +142,6 @@ async def test_02_hash_checks_run_in_a_bounded_pool(make_gw: Any) -> None:
 
 
 async def test_02_the_throttle_counts_the_forwarded_client_not_the_proxy(make_gw: Any) -> None:
-    ipaddress = __import__("ipaddress")
     gw: Gw = await make_gw(trusted_proxies=(ipaddress.ip_network("127.0.0.0/8"),))
     async with aiohttp.ClientSession() as s:
         for _ in range(5):

@@ -30,7 +30,13 @@ from typing import Protocol
 
 import msgspec
 from nats.aio.msg import Msg
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
+from nats.js.api import KeyValueConfig
+from nats.js.errors import (
+    BucketNotFoundError,
+    KeyNotFoundError,
+    KeyValueLimitMarkerTTLNotSupportedError,
+    NotFoundError,
+)
 from nats.js.kv import KeyValue
 
 from .bridges.reader import Delivery, Reader, Start
@@ -39,6 +45,8 @@ from .kvmsg import kv_op
 from .upstream import Upstream
 
 log = logging.getLogger("natsgate.caps")
+
+TTL_MARKER_S = 60.0  # how long a TTL-expired entry's marker stays (nats-server 2.11+)
 
 CATCH_UP_S = 5.0  # longest a join waits for the reader to reach the stream's last write
 
@@ -57,18 +65,21 @@ class _User:
         self.loaded: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
 
-async def ensure_bucket(upstream: Upstream, bucket: str) -> KeyValue:
-    """The bucket, created when missing (contract §4: the gateway creates both auth buckets)."""
+async def ensure_bucket(upstream: Upstream, bucket: str, *, ttl_markers: bool = False) -> KeyValue:
+    """The bucket, created when missing (the gateway creates its buckets at start). With
+    ``ttl_markers``, per-message TTLs are allowed where the server has them (2.11+)."""
     js = upstream.js
     try:
         return await js.key_value(bucket)
     except (BucketNotFoundError, NotFoundError):
         log.info("creating KV bucket %s", bucket)
-        return await js.create_key_value(bucket=bucket, history=1)
-
-
-async def _nothing_to_wait_for() -> None:
-    return None
+    if ttl_markers:
+        try:
+            config = KeyValueConfig(bucket=bucket, history=1, limit_marker_ttl=TTL_MARKER_S)
+            return await js.create_key_value(config)
+        except KeyValueLimitMarkerTTLNotSupportedError:  # nats-server before 2.11
+            log.warning("NATS has no per-message TTLs: entries of %s stay until deleted", bucket)
+    return await js.create_key_value(KeyValueConfig(bucket=bucket, history=1))
 
 
 def _parse(user: str, raw: bytes | None) -> Capabilities:
@@ -111,7 +122,7 @@ class CapStore:
             Start(),  # writes from now on; documents before it are read with get()
             256,
             self._on_write,
-            _nothing_to_wait_for,
+            None,  # no client to wait for
         )
         await reader.open()
         self._reader = reader

@@ -23,19 +23,15 @@ from collections.abc import Callable
 
 import msgspec
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig
 from nats.js.errors import (
     APIError,
-    BucketNotFoundError,
-    KeyValueLimitMarkerTTLNotSupportedError,
     KeyWrongLastSequenceError,
-    NotFoundError,
 )
 from nats.js.kv import KeyValue
 
 from .auth import Identity
 from .bridges.reader import Delivery, Reader, Start
+from .capstore import ensure_bucket
 from .kvmsg import kv_op
 from .upstream import Upstream
 
@@ -60,20 +56,6 @@ def token_key(jti: str) -> str:
 
 def user_key(user: str) -> str:
     return USER + user
-
-
-async def open_bucket(js: JetStreamContext, bucket: str) -> KeyValue:
-    """The bucket, made when missing, with per-message TTLs allowed (nats-server 2.11+)."""
-    try:
-        return await js.key_value(bucket)
-    except (BucketNotFoundError, NotFoundError):
-        log.info("creating KV bucket %s", bucket)
-        try:
-            config = KeyValueConfig(bucket=bucket, history=1, limit_marker_ttl=GRACE_S)
-            return await js.create_key_value(config)
-        except KeyValueLimitMarkerTTLNotSupportedError:  # nats-server before 2.11
-            log.warning("NATS has no per-message TTLs: revoked tokens stay in %s", bucket)
-            return await js.create_key_value(KeyValueConfig(bucket=bucket, history=1))
 
 
 async def write_token(kv: KeyValue, ident: Identity) -> None:
@@ -118,7 +100,7 @@ class Revocations:
         """Read every revocation there is, then follow new ones."""
         if self._reader is not None:
             return
-        self._kv = await open_bucket(self.upstream.js, self.bucket)
+        self._kv = await ensure_bucket(self.upstream, self.bucket, ttl_markers=True)
         reader = Reader(
             self.upstream,
             f"KV_{self.bucket}",
@@ -126,7 +108,7 @@ class Revocations:
             Start(last_per_subject=True),
             256,
             self._on_write,
-            _nothing,
+            None,  # no client to wait for
         )
         info = await reader.open()
         if info.num_pending:
@@ -199,7 +181,3 @@ class Revocations:
             await asyncio.gather(self._task, return_exceptions=True)
         if self._reader is not None:
             await self._reader.stop()
-
-
-async def _nothing() -> None:
-    return None

@@ -94,7 +94,7 @@ class Reader:
         start: Start,
         batch: int,
         on_message: OnMessage,
-        written: Callable[[], Any],
+        written: Callable[[], Any] | None,
         *,
         resume: bool = True,
     ) -> None:
@@ -104,7 +104,9 @@ class Reader:
         self.start = start
         self.batch = batch
         self.on_message = on_message
-        self._written = written  # coroutine factory: resolves when the client took all
+        # coroutine factory: resolves when the client took all (None: a process-wide
+        # reader with no client to wait for)
+        self._written = written
         # On a remake: resume after the last sequence (streams), or start over from
         # ``start`` (KV: a fresh snapshot of current values).
         self.resume = resume
@@ -302,7 +304,8 @@ class Reader:
                 await self._remake()
                 continue
             if self._pull_done:
-                await self._written()
+                if self._written is not None:
+                    await self._written()
                 if until is not None and until():
                     return
                 try:

@@ -79,7 +79,7 @@ def _read_caps(path: str) -> bytes:
 
 def cmd_user(args: argparse.Namespace) -> int:
     from ..capstore import ensure_bucket
-    from ..revocations import open_bucket, write_user
+    from ..revocations import write_user
 
     if not USER_ID_RE.match(args.id):
         return fail(f"invalid user id {args.id!r}: {USER_ID_RULE}")
@@ -101,7 +101,7 @@ def cmd_user(args: argparse.Namespace) -> int:
             await creds.put(args.id, hashed, validate_keys=False)
             print(f"user {args.id} added on {where}")
         if args.action == "revoke":
-            kv = await open_bucket(up.js, cfg.auth_revoked_bucket)
+            kv = await ensure_bucket(up, cfg.auth_revoked_bucket, ttl_markers=True)
             await write_user(kv, args.id, time.time())
             print(f"every token of {args.id} issued before now is revoked on {where}")
         if caps is not None:

@@ -15,7 +15,7 @@ from ..bridges.jetstream import JsBridge
 from ..bridges.kv import KvBridge
 from ..capabilities import Capabilities, Reserved
 from ..config import Config
-from ..errors import ProtocolError
+from ..errors import ErrorCode, ProtocolError
 from ..hub import Hub
 from ..metrics import Metrics
 from ..outbox import Outbox
@@ -73,6 +73,4 @@ class Conn(Protocol):
 
 
 def forbidden(what: str) -> ProtocolError:
-    from ..errors import ErrorCode
-
     return ProtocolError(ErrorCode.FORBIDDEN, f"your capabilities do not cover {what}")

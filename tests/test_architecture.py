@@ -135,3 +135,15 @@ def test_pure_modules_do_no_io() -> None:
             else:
                 continue
             assert not roots & set(IO_MODULES), (name, roots)
+
+
+def test_no_wait_for() -> None:
+    """``asyncio.wait_for`` on Python 3.11 drops a cancellation that arrives in the turn
+    its inner awaitable finishes; a loop around it then outlives its connection (a reader's
+    pump kept the gateway's stop() waiting for ever). ``asyncio.timeout`` does not."""
+    found = []
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr == "wait_for":
+                found.append((name, node.lineno))
+    assert found == []

@@ -188,7 +188,8 @@ class Session:
             if error is not None:  # the last word, sent past the (dropped) queue
                 self.gw.metrics.errors.labels(error[0].value).inc()
                 self.transport.write(frames.encode_error(*error))
-            await asyncio.wait_for(self.transport.close(code, error[1] if error else ""), 1.0)
+            async with asyncio.timeout(1.0):
+                await self.transport.close(code, error[1] if error else "")
         except (TimeoutError, ConnectionError, RuntimeError, OSError) as exc:
             log.debug("closing %s: %r", self.user, exc)
         finally:

@@ -50,7 +50,8 @@ async def flush(nc: Client, within: float = 5.0) -> None:
     if nc.is_connected and queue is not None:
         written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         await queue.put(written)  # nats-py's flusher writes the pending buffer, then sets it
-        await asyncio.wait_for(written, within)
+        async with asyncio.timeout(within):
+            await written
     await nc.flush(timeout=within)  # type: ignore[arg-type]
 
 
@@ -211,7 +212,8 @@ class Upstream:
                 await self._task
         if self.nc.is_connected:
             try:
-                await asyncio.wait_for(self.nc.drain(), 5)
+                async with asyncio.timeout(5):
+                    await self.nc.drain()
             except Exception as exc:
                 log.debug("NATS drain: %r", exc)
         if self._ready.is_set() and not self.nc.is_closed:

@@ -149,9 +149,7 @@ async def test_two_gateways_on_a_cluster_survive_a_node_kill(
 
     # Right after the leader moves, a consumer made then may need its remake (a
     # "Leadership Change" status, or heartbeats that stop: up to ~5 s, reliability.md).
-    await eventually(
-        lambda: len(alice.js(stream)) == 6 and len(bob.js(stream)) == 6, timeout=3 * T
-    )
+    await eventually(lambda: len(alice.js(stream)) == 6 and len(bob.js(stream)) == 6, timeout=3 * T)
 
     # a backend keeps publishing into the stream and writing the bucket; the node that
     # gateway A is on, and that leads both, is killed in the middle and comes back

@@ -108,7 +108,8 @@ class DurableFeed(Feed):
                     reply=f"{self._inbox}.{self._gen}",
                 )
                 # NATS away or heartbeats gone: pull again after this long
-                await asyncio.wait_for(self._pulled.wait(), PULL_S + 2 * HEARTBEAT_S)
+                async with asyncio.timeout(PULL_S + 2 * HEARTBEAT_S):
+                    await self._pulled.wait()
             except (TimeoutError, nats.errors.Error) as exc:
                 log.debug("pull on %s: %r", self.consumer, exc)
             self._forget_stale()

@@ -315,7 +315,8 @@ class Reader:
                     self._reset = True
                     continue
             try:
-                await asyncio.wait_for(self._wake.wait(), HEARTBEAT_S * 2 + 1)
+                async with asyncio.timeout(HEARTBEAT_S * 2 + 1):
+                    await self._wake.wait()
             except TimeoutError:
                 if not self._alive and not self._pull_done:
                     log.info("reader %s: no heartbeat; remaking the consumer", self.stream)

@@ -83,7 +83,8 @@ async def _serve(cfg: Config, *, demo_password: str | None = None, reuse_port: b
         from ..demo import Services, seed
 
         try:
-            await asyncio.wait_for(gw.ready.wait(), 30)
+            async with asyncio.timeout(30):
+                await gw.ready.wait()
             await seed(
                 gw.upstream,
                 cfg.auth_bucket,
@@ -112,7 +113,8 @@ async def _serve(cfg: Config, *, demo_password: str | None = None, reuse_port: b
     log.info("stopping: no new connections; telling clients to reconnect elsewhere")
     edge.stop_listening()
     try:
-        await asyncio.wait_for(gw.stop(), cfg.drain_timeout_s or None)
+        async with asyncio.timeout(cfg.drain_timeout_s or None):
+            await gw.stop()
     except TimeoutError:
         log.warning("drain took longer than %.0fs; exiting anyway", cfg.drain_timeout_s)
     if services is not None:

@@ -32,12 +32,16 @@ def test_default_deny() -> None:
         assert not c.can_command("a")
         assert not c.can_watch("todos", ">")
         assert not c.can_read("CHAT", ["chat.room.1"])
+        assert not c.can_join("a")
+        assert not c.admin
     assert NONE.to_json() == {
         "subjects": [],
         "publish": [],
         "commands": [],
         "buckets": {},
         "streams": {},
+        "presence": [],
+        "admin": False,
     }
 
 

@@ -66,6 +66,15 @@ def run(
         ({"ALLOWED_ORIGINS": "not-an-origin"}, "ALLOWED_ORIGINS has an invalid origin"),
         ({"AUTH_BUCKET": "auth.users"}, "AUTH_BUCKET must be a KV bucket name"),
         ({"COOKIE_SECURE": "maybe"}, "COOKIE_SECURE must be 1 or 0"),
+        ({"LOG_FORMAT": "xml"}, "LOG_FORMAT must be one of text, json"),
+        ({"COMPRESSION": "max"}, "COMPRESSION must be one of off, on, auto"),
+        ({"COMPRESSION_MIN_BYTES": "-1"}, "COMPRESSION_MIN_BYTES must be between"),
+        ({"PRESENCE_BUCKET": "who.is"}, "PRESENCE_BUCKET must be a KV bucket name"),
+        ({"PRESENCE_TTL": "0"}, "PRESENCE_TTL must be between"),
+        ({"MAX_JOINS": "none"}, "MAX_JOINS must be an integer"),
+        ({"AUDIT_PREFIX": "audit.>"}, "AUDIT_PREFIX must be a NATS subject without wildcards"),
+        ({"JWT_JWKS_URL": "keys.json"}, "JWT_JWKS_URL must be an http(s) URL"),
+        ({"STATIC_DIR": "/no/such/dir"}, "STATIC_DIR names a folder that does not exist"),
     ],
 )
 def test_bad_config_stops_startup_with_one_line(env: dict[str, str], needle: str) -> None:
@@ -85,6 +94,16 @@ def test_config_defaults_and_flags() -> None:
     assert (cfg.backpressure_ms, cfg.max_frame_bytes, cfg.max_subs) == (250, 1048576, 1000)
     assert (cfg.ping_interval_s, cfg.ping_timeout_s, cfg.cmd_timeout_ms) == (20, 20, 5000)
     assert cfg.nats_name == "natsgate"
+    assert (cfg.presence_bucket, cfg.presence_ttl_s, cfg.audit_prefix) == (
+        "presence",
+        30.0,
+        "natsgate.audit",
+    )
+    assert (cfg.compression, cfg.compression_min_bytes, cfg.log_format) == ("auto", 256, "text")
+    assert cfg.serve_static and cfg.static_dir is None
+    jwks = load(Flags(), {"JWT_JWKS_URL": "https://id.example.com/jwks.json"})
+    assert jwks.jwt_jwks_url and not jwks.jwt_secret  # a key set alone is enough
+    assert not load(Flags(), {"JWT_SECRET": SECRET, "STATIC_DIR": "none"}).serve_static
     cfg = load(Flags(local=True), {"FLY_APP_NAME": "app", "PRIMARY_REGION": "ams"})
     assert cfg.jwt_secret_ephemeral and cfg.nats_name == "app-ams"
     with pytest.raises(ConfigError):

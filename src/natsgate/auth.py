@@ -51,6 +51,8 @@ def verify_token(token: str, secret: str, *, now: float | None = None) -> Identi
         raise AuthError("no token")
     if len(token) > MAX_TOKEN_BYTES:
         raise AuthError("token too long")
+    if not secret:  # no JWT_SECRET (a JWKS-only gateway): no HS256 token is valid
+        raise AuthError("invalid token")
     try:
         claims = jwt.decode(
             token,

@@ -30,6 +30,8 @@ class Capabilities(msgspec.Struct, frozen=True, omit_defaults=True):
     commands: list[str] = []
     buckets: dict[str, list[str]] = {}
     streams: dict[str, list[str]] = {}
+    presence: list[str] = []  # subjects the user may join (announce itself on)
+    admin: bool = False  # the admin API and console
 
     @classmethod
     def parse(cls, raw: bytes | None) -> Capabilities:
@@ -54,6 +56,8 @@ class Capabilities(msgspec.Struct, frozen=True, omit_defaults=True):
             commands=ok(self.commands),
             buckets={k: ok(v) for k, v in self.buckets.items()},
             streams={k: ok(v) for k, v in self.streams.items()},
+            presence=ok(self.presence),
+            admin=self.admin is True,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -64,6 +68,8 @@ class Capabilities(msgspec.Struct, frozen=True, omit_defaults=True):
             "commands": list(self.commands),
             "buckets": {k: list(v) for k, v in self.buckets.items()},
             "streams": {k: list(v) for k, v in self.streams.items()},
+            "presence": list(self.presence),
+            "admin": self.admin,
         }
 
     # The checks. Each takes an already validated subject or pattern.
@@ -78,6 +84,9 @@ class Capabilities(msgspec.Struct, frozen=True, omit_defaults=True):
 
     def can_command(self, subject: str, reserved: Reserved | None = None) -> bool:
         return _subject_allowed(self.commands, subject, reserved)
+
+    def can_join(self, subject: str, reserved: Reserved | None = None) -> bool:
+        return _subject_allowed(self.presence, subject, reserved)
 
     def can_watch(self, bucket: str, key_pattern: str, reserved: Reserved | None = None) -> bool:
         grants = _grants_for(self.buckets, bucket, reserved.mode(bucket) if reserved else OPEN)

@@ -29,6 +29,8 @@ _PLACEHOLDERS = re.compile(
 )
 
 LOG_LEVELS = ("debug", "info", "warn", "error")
+LOG_FORMATS = ("text", "json")
+COMPRESSION_MODES = ("off", "on", "auto")
 DEFAULT_PROXY = "http://127.0.0.1:1234"
 
 
@@ -46,6 +48,11 @@ class Config:
     proxy: str | None = None  # --proxy [URL]: front-end dev server, else built-in static
     log_level: str = "info"  # --log
     workers: int = 1  # --workers: processes sharing the port (SO_REUSEPORT)
+    log_format: str = "text"  # LOG_FORMAT: text, or json (one object per line)
+    static_dir: Path | None = None  # STATIC_DIR: your app's files at /; None: the demo's
+    serve_static: bool = True  # STATIC_DIR=none (or --no-static): serve no files at all
+    compression: str = "auto"  # COMPRESSION: permessage-deflate off, on, or auto (large frames)
+    compression_min_bytes: int = 256  # COMPRESSION_MIN_BYTES: auto deflates frames this big
 
     # NATS
     local: bool = False  # --local: run an embedded nats-server
@@ -60,10 +67,17 @@ class Config:
     auth_bucket: str = "auth_users"  # AUTH_BUCKET: capabilities, key = user id
     auth_creds_bucket: str = "auth_creds"  # AUTH_CREDS_BUCKET: argon2id hashes
     auth_revoked_bucket: str = "auth_revoked"  # AUTH_REVOKED_BUCKET: revoked tokens
+    presence_bucket: str = "presence"  # PRESENCE_BUCKET: members, one key per connection
+    presence_ttl_s: float = 30.0  # PRESENCE_TTL (seconds): members of a dead gateway leave
+    audit_prefix: str = "natsgate.audit"  # AUDIT_PREFIX: audit events subject ("": off)
 
     # Auth
     jwt_secret: str = field(default="", repr=False)  # JWT_SECRET (HS256)
     jwt_secret_ephemeral: bool = False  # made up for --local
+    jwt_jwks_url: str | None = None  # JWT_JWKS_URL: an identity provider's key set
+    jwt_issuer: str | None = None  # JWT_ISSUER: required ``iss``, when set
+    jwt_audience: str | None = None  # JWT_AUDIENCE: required ``aud``, when set
+    jwt_user_claim: str = "sub"  # JWT_USER_CLAIM: the claim that holds the user id
     web_hash_salt: str = field(default="", repr=False)  # WEB_HASH_SALT: password pepper
 
     # Limits, each with its unit
@@ -79,6 +93,7 @@ class Config:
     max_conns_per_ip: int = 0  # MAX_CONNS_PER_IP: 0 means no limit
     max_conns_per_user: int = 100  # MAX_CONNS_PER_USER: open WebSockets of one user (0: none)
     max_feeds: int = 64  # MAX_FEEDS: KV watches + stream subscriptions per connection
+    max_joins: int = 16  # MAX_JOINS: presence joins per connection
     max_durables_per_user: int = 100  # MAX_DURABLES_PER_USER: durables of a user per stream
     durable_inactive_s: float = 7 * 86400  # DURABLE_INACTIVE (seconds): NATS removes it then
     rate_per_s: float = 200.0  # RATE_PER_S: client envelopes per second (0 = no limit)
@@ -173,6 +188,28 @@ def _proxies(raw: str) -> tuple[IPNetwork, ...]:
     return tuple(out)
 
 
+def _choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
+    v = raw.strip().lower()
+    if v not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return v
+
+
+def _url(name: str, raw: str) -> str:
+    parts = urlsplit(raw.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{name} must be an http(s) URL, got {raw!r}")
+    return raw.strip()
+
+
+def _subject_prefix(name: str, raw: str) -> str:
+    """A literal NATS subject (no wildcards), or empty."""
+    v = raw.strip()
+    if v and not re.fullmatch(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*", v):
+        raise ConfigError(f"{name} must be a NATS subject without wildcards, got {raw!r}")
+    return v
+
+
 def _bucket(name: str, raw: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_-]+", raw):
         raise ConfigError(f"{name} must be a KV bucket name (letters, digits, - and _)")
@@ -190,6 +227,7 @@ class Flags:
     port: int | None = None
     data_dir: str | None = None
     workers: int | None = None
+    no_static: bool = False
 
 
 def load(flags: Flags, env: Mapping[str, str] | None = None) -> Config:
@@ -219,15 +257,24 @@ def load(flags: Flags, env: Mapping[str, str] | None = None) -> Config:
     if not 1 <= workers <= 256:
         raise ConfigError(f"--workers must be between 1 and 256, got {workers}")
 
+    jwks = get("JWT_JWKS_URL", _url, None)
     secret = env.get("JWT_SECRET", "")
     ephemeral = False
     if secret:
         check_secret(secret)
-    else:
-        if not flags.local:
-            raise ConfigError("JWT_SECRET is required (or run with --local for an ephemeral one)")
+    elif flags.local:
         secret = secrets.token_urlsafe(32)
         ephemeral = True
+    elif jwks is None:
+        raise ConfigError(
+            "JWT_SECRET is required (or JWT_JWKS_URL, or --local for an ephemeral secret)"
+        )
+    claim = env.get("JWT_USER_CLAIM", "").strip() or d.jwt_user_claim
+    static = env.get("STATIC_DIR", "").strip()
+    serve_static = static.lower() not in ("none", "off") and not flags.no_static
+    static_dir = Path(static) if static and serve_static else None
+    if static_dir is not None and not static_dir.is_dir():
+        raise ConfigError(f"STATIC_DIR names a folder that does not exist: {static}")
 
     creds = env.get("NATS_CREDS") or None
     if creds and not Path(creds).is_file():
@@ -252,6 +299,15 @@ def load(flags: Flags, env: Mapping[str, str] | None = None) -> Config:
         proxy=flags.proxy,
         log_level=log,
         workers=workers,
+        log_format=get("LOG_FORMAT", lambda n, r: _choice(n, r, LOG_FORMATS), d.log_format),
+        static_dir=static_dir,
+        serve_static=serve_static,
+        compression=get(
+            "COMPRESSION", lambda n, r: _choice(n, r, COMPRESSION_MODES), d.compression
+        ),
+        compression_min_bytes=get(
+            "COMPRESSION_MIN_BYTES", lambda n, r: _int(n, r, 0, 1 << 30), d.compression_min_bytes
+        ),
         local=flags.local,
         data_dir=Path(flags.data_dir) if flags.data_dir else d.data_dir,
         nats_urls=get("NATS_URL", lambda n, r: _nats_urls(r), d.nats_urls),
@@ -264,8 +320,15 @@ def load(flags: Flags, env: Mapping[str, str] | None = None) -> Config:
         auth_bucket=get("AUTH_BUCKET", _bucket, d.auth_bucket),
         auth_creds_bucket=get("AUTH_CREDS_BUCKET", _bucket, d.auth_creds_bucket),
         auth_revoked_bucket=get("AUTH_REVOKED_BUCKET", _bucket, d.auth_revoked_bucket),
+        presence_bucket=get("PRESENCE_BUCKET", _bucket, d.presence_bucket),
+        presence_ttl_s=get("PRESENCE_TTL", lambda n, r: _float(n, r, 1, 86400), d.presence_ttl_s),
+        audit_prefix=_subject_prefix("AUDIT_PREFIX", env.get("AUDIT_PREFIX", d.audit_prefix)),
         jwt_secret=secret,
         jwt_secret_ephemeral=ephemeral,
+        jwt_jwks_url=jwks,
+        jwt_issuer=env.get("JWT_ISSUER", "").strip() or None,
+        jwt_audience=env.get("JWT_AUDIENCE", "").strip() or None,
+        jwt_user_claim=claim,
         web_hash_salt=env.get("WEB_HASH_SALT", ""),
         backpressure_ms=get(
             "BACKPRESSURE_MS", lambda n, r: _int(n, r, 1, 60_000), d.backpressure_ms
@@ -293,6 +356,7 @@ def load(flags: Flags, env: Mapping[str, str] | None = None) -> Config:
             "MAX_CONNS_PER_USER", lambda n, r: _int(n, r, 0, 10_000_000), d.max_conns_per_user
         ),
         max_feeds=get("MAX_FEEDS", lambda n, r: _int(n, r, 1, 100_000), d.max_feeds),
+        max_joins=get("MAX_JOINS", lambda n, r: _int(n, r, 1, 100_000), d.max_joins),
         max_durables_per_user=get(
             "MAX_DURABLES_PER_USER", lambda n, r: _int(n, r, 1, 100_000), d.max_durables_per_user
         ),

@@ -52,6 +52,7 @@ class Outbox:
         "_timer",
         "_watermarks",
         "backpressure_s",
+        "bytes_out",
         "limit",
         "max_batch",
         "pushed",
@@ -87,6 +88,7 @@ class Outbox:
         self.size = 0
         self.pushed = 0  # frames ever pushed
         self.written = 0  # frames ever handed to the socket
+        self.bytes_out = 0  # bytes ever handed to the socket (the admin API shows them)
         self._closed = False
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
@@ -135,6 +137,7 @@ class Outbox:
                 frame, count = batch
                 traffic.frames += 1
                 traffic.bytes += len(frame)
+                self.bytes_out += len(frame)
                 traffic.envelopes += count
                 ok = sink.write(frame)
                 self.sent(count)

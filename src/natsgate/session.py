@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import secrets
 import time
 from collections import deque
 from collections.abc import Coroutine
@@ -84,13 +85,16 @@ class Session:
         "_refill_at",
         "_tasks",
         "_tokens",
+        "bytes_in",
         "caps",
         "cmds",
         "config",
+        "conn_id",
         "gw",
         "last_seen",
         "outbox",
         "remote",
+        "since",
         "state",
         "subs",
         "token",
@@ -105,6 +109,9 @@ class Session:
         self.user = identity.user
         self.token = identity  # the token it was opened (or last refreshed) with: its exp
         self.remote = remote
+        self.conn_id = secrets.token_urlsafe(9)  # opaque, unique across gateways (admin, presence)
+        self.since = time.time()  # opened at (wall clock, for people)
+        self.bytes_in = 0  # client frame bytes; bytes out are the outbox's
         self.state = State.OPEN
         self.caps: Capabilities = Capabilities()
         self.subs: dict[SubKey, Subscription] = {}
@@ -297,6 +304,7 @@ class Session:
         t = self.gw.traffic
         t.frames_in += 1
         t.bytes_in += len(frame)
+        self.bytes_in += len(frame)
         q = self._inq
         if q is None:
             q = self._inq = deque()

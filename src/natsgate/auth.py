@@ -1,6 +1,8 @@
-"""Tokens, passwords and login throttling (contract section 2).
+"""Tokens, passwords and login throttling.
 
 Pure apart from the clock: no NATS, no HTTP.  The HTTP handlers in ``server`` call these.
+The identity provider's key set is fetched by :mod:`.jwks`; :class:`Verifier` only looks
+keys up in it (and asks it to refetch when a token names a key it does not hold).
 """
 
 from __future__ import annotations
@@ -12,12 +14,19 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from jwt import PyJWK
 
 ALGORITHM = "HS256"
+# What an identity provider's key may sign with: asymmetric only. Each key is pinned to its
+# own algorithm (from its ``alg``, else its type and curve); the token's ``alg`` never picks.
+ASYMMETRIC = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
 MAX_TOKEN_BYTES = 8192
 # A user id is one subject token (it names KV keys and subjects such as ``notify.<user>``)
 # and travels in a NATS header: 1-128 characters, no '.', '*', '>', whitespace or control
@@ -31,6 +40,10 @@ class AuthError(Exception):
 
     The message is safe to show: it never contains the token.
     """
+
+
+class UnknownKey(AuthError):
+    """The token names a key (``kid``) that the identity provider's set does not hold."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +81,115 @@ def verify_token(token: str, secret: str, *, now: float | None = None) -> Identi
         raise AuthError(f"token has no {exc.claim!r} claim") from None
     except jwt.InvalidTokenError:
         raise AuthError("invalid token") from None
-    user = claims.get("sub")
+    return _identity(claims, "sub", now)
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+class Keys(Protocol):
+    """The identity provider's key set, as :class:`Verifier` sees it (the real one is
+    :class:`~natsgate.jwks.KeySet`)."""
+
+    def find(self, kid: str | None) -> PyJWK | None: ...
+    def holds(self, kid: str) -> bool: ...
+    async def refetch(self) -> bool: ...  # False: not now (fetched within the last 30 s)
+
+
+@dataclass(frozen=True, slots=True)
+class Verifier:
+    """Every token check of the gateway: HS256 with ``secret`` (tokens it mints, and your
+    backend's), and, with ``keys``, tokens signed by the identity provider's keys.
+
+    The two never mix: an HS256 token is checked with the secret alone (and refused when
+    it names a key of the provider: algorithm confusion), an asymmetric one with the key
+    its ``kid`` names, pinned to that key's algorithm; any other ``alg`` (``none``,
+    HS384...) is refused. ``issuer``, ``audience`` and ``user_claim`` apply to the
+    provider's tokens; HS256 tokens carry the user in ``sub``."""
+
+    secret: str = ""
+    keys: Keys | None = None
+    issuer: str | None = None
+    audience: str | None = None
+    user_claim: str = "sub"
+
+    def verify(self, token: str, *, now: float | None = None) -> Identity:
+        """The token's identity, or :class:`AuthError` (:class:`UnknownKey` when a
+        refetch of the key set might help: see :meth:`check`)."""
+        if not token:
+            raise AuthError("no token")
+        if len(token) > MAX_TOKEN_BYTES:
+            raise AuthError("token too long")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError:
+            raise AuthError("invalid token") from None
+        alg, kid = header.get("alg"), header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise AuthError("invalid token")
+        if alg == ALGORITHM:
+            if kid is not None and self.keys is not None and self.keys.holds(kid):
+                raise AuthError("an HS256 token may not name a key of the identity provider")
+            return verify_token(token, self.secret, now=now)
+        if alg not in ASYMMETRIC or self.keys is None:
+            raise AuthError("invalid token")
+        key = self.keys.find(kid)
+        if key is None:
+            raise UnknownKey("unknown signing key")
+        return self._provider_token(token, key, now)
+
+    def _provider_token(self, token: str, key: PyJWK, now: float | None) -> Identity:
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key.key,
+                algorithms=[key.algorithm_name],  # the key's, whatever the header says
+                issuer=self.issuer,
+                audience=self.audience,
+                options={
+                    "require": ["exp"],
+                    "verify_aud": self.audience is not None,
+                    "verify_iss": self.issuer is not None,
+                    "verify_iat": False,  # the provider's clock may run ahead of ours
+                },
+                leeway=0,
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthError("token expired") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise AuthError(f"token has no {exc.claim!r} claim") from None
+        except jwt.InvalidIssuerError:
+            raise AuthError("token issuer is not accepted") from None
+        except jwt.InvalidAudienceError:
+            raise AuthError("token audience is not accepted") from None
+        except jwt.InvalidTokenError:
+            raise AuthError("invalid token") from None
+        return _identity(claims, self.user_claim, now)
+
+    async def check(self, token: str) -> Identity:
+        """:meth:`verify`, refetching the key set once for an unknown ``kid`` (at most one
+        fetch per 30 s for everyone: a flood of made-up kids costs nothing more)."""
+        try:
+            return self.verify(token)
+        except UnknownKey:
+            if self.keys is None or not await self.keys.refetch():
+                raise
+        return self.verify(token)
+
+    def identify(
+        self, headers: Mapping[str, str], cookies: Mapping[str, str], query: Mapping[str, str]
+    ) -> Identity:
+        """Who a request is, from its token (first found wins, see :func:`token_from`)."""
+        return self.verify(token_from(headers, cookies, query) or "")
+
+
+def _identity(claims: Mapping[str, Any], user_claim: str, now: float | None) -> Identity:
+    user = claims.get(user_claim)
     if not valid_user_id(user):
-        raise AuthError("token subject is not a valid user id")
+        raise AuthError(f"token {user_claim!r} is not a valid user id")
     assert isinstance(user, str)
     exp, iat, jti = _number(claims.get("exp")), _number(claims.get("iat")), claims.get("jti")
     if exp is None:
@@ -78,12 +197,6 @@ def verify_token(token: str, secret: str, *, now: float | None = None) -> Identi
     if exp <= (time.time() if now is None else now):
         raise AuthError("token expired")
     return Identity(user=user, exp=exp, iat=iat, jti=jti if isinstance(jti, str) and jti else None)
-
-
-def _number(value: object) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    return None
 
 
 def mint_token(user: str, secret: str, ttl_s: float) -> str:
@@ -112,19 +225,6 @@ def token_from(
     if header[:7].lower() == "bearer ":
         return header[7:].strip() or None
     return cookies.get("jwt") or query.get("token") or None
-
-
-def identify(
-    headers: Mapping[str, str],
-    cookies: Mapping[str, str],
-    query: Mapping[str, str],
-    secret: str,
-) -> Identity:
-    """Who a request is (the upgrade, ``/auth/me``), or :class:`AuthError`."""
-    token = token_from(headers, cookies, query)
-    if token is None:
-        raise AuthError("no token")
-    return verify_token(token, secret)
 
 
 class Passwords:

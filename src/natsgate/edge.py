@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from .addresses import client_address
-from .auth import AuthError, Identity, identify
+from .auth import AuthError, Identity, UnknownKey
 from .gateway import Gateway
 from .handshake import (
     MAX_HEAD,
@@ -69,15 +69,25 @@ def admit(
     query: Mapping[str, str],
     host: str | None,
     remote: str,
+    *,
+    refetched: bool = False,
 ) -> Identity:
-    """Who may open a WebSocket (contract §2), or :class:`HeadError` with the status."""
+    """Who may open a WebSocket (contract §2), or :class:`HeadError` with the status.
+
+    :class:`UnknownKey` when the token names a key the identity provider's set may hold
+    after a refetch (not yet ``refetched``, and one is allowed now): the caller fetches
+    and asks again."""
     cfg = gw.config
     if gw.stopping:
         raise HeadError(503, "gateway is stopping")
     if not origin_allowed(headers.get("Origin"), host, cfg.allowed_origins):
         raise HeadError(403, "origin not allowed")
     try:
-        ident = identify(headers, cookies, query, cfg.jwt_secret)
+        ident = gw.verifier.identify(headers, cookies, query)
+    except UnknownKey as exc:
+        if refetched or gw.keys is None or not gw.keys.may_refetch():
+            raise HeadError(401, str(exc)) from None
+        raise
     except AuthError as exc:
         raise HeadError(401, str(exc)) from None
     if not gw.ready.is_set() or not gw.upstream.connected:
@@ -183,7 +193,7 @@ class Front(asyncio.Protocol):
         t.write(refusal(err.status, err.reason))
         t.close()
 
-    def _upgrade(self, raw: bytes, rest: bytes) -> None:
+    def _upgrade(self, raw: bytes, rest: bytes, *, refetched: bool = False) -> None:
         self._done()
         gw = self._edge.gw
         t = self._transport
@@ -197,11 +207,21 @@ class Front(asyncio.Protocol):
                 gw.config.trusted_proxies,
             )
             ident = admit(
-                gw, head.headers, head.cookies, head.query, head.headers.get("Host"), remote
+                gw,
+                head.headers,
+                head.cookies,
+                head.query,
+                head.headers.get("Host"),
+                remote,
+                refetched=refetched,
             )
             accept = check_upgrade(head)
         except HeadError as err:
             self._refuse(err)
+            return
+        except UnknownKey:  # the identity provider may have a new key: fetch, then again
+            t.pause_reading()
+            gw.track(asyncio.create_task(self._after_refetch(raw, rest), name="upgrade-keys"))
             return
         bound_unsent(t, gw.config.notsent_lowat_bytes)
         t.write(switching(accept))
@@ -213,6 +233,20 @@ class Front(asyncio.Protocol):
         session.begin()
         if rest:  # frames sent right behind the head (the client did not wait for 101)
             conn.data_received(rest)
+
+    async def _after_refetch(self, raw: bytes, rest: bytes) -> None:
+        """The upgrade again once the key set is fetched (one fetch shared by all)."""
+        t = self._transport
+        assert t is not None and self._edge.gw.keys is not None
+        try:
+            await self._edge.gw.keys.refetch()
+        except asyncio.CancelledError:
+            t.abort()  # the gateway is stopping
+            raise
+        if t.is_closing():
+            return
+        t.resume_reading()
+        self._upgrade(raw, rest, refetched=True)
 
 
 class Edge:

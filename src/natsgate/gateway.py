@@ -10,7 +10,7 @@ from typing import Any
 
 from nats.js.kv import KeyValue
 
-from .auth import Passwords, Throttle
+from .auth import Passwords, Throttle, Verifier
 from .bridges.durable import DurableBridge
 from .bridges.jetstream import JsBridge
 from .bridges.kv import KvBridge
@@ -20,6 +20,7 @@ from .config import Config
 from .errors import CloseCode
 from .hashpool import HashPool
 from .hub import Hub
+from .jwks import KeySet
 from .metrics import Metrics, Traffic
 from .outbox import Flusher
 from .revocations import Revocations
@@ -41,6 +42,15 @@ class Gateway:
         self.durables = DurableBridge(self.upstream, config)
         self.revocations = Revocations(self.upstream, config.auth_revoked_bucket)
         self.revocations.on_revoked = self._revoked
+        # The identity provider's keys (JWT_JWKS_URL), beside HS256 tokens of JWT_SECRET
+        self.keys = KeySet(config.jwt_jwks_url, self.metrics) if config.jwt_jwks_url else None
+        self.verifier = Verifier(
+            secret=config.jwt_secret,
+            keys=self.keys,
+            issuer=config.jwt_issuer,
+            audience=config.jwt_audience,
+            user_claim=config.jwt_user_claim,
+        )
         # The gateway's own buckets: hashes and revocations never readable, capabilities
         # only through a grant naming the bucket (contract section 7).
         self.reserved = Reserved(
@@ -71,6 +81,7 @@ class Gateway:
         m.bytes_in.inc(t.bytes_in - e.bytes_in)
         e.frames, e.bytes, e.envelopes = t.frames, t.bytes, t.envelopes
         e.frames_in, e.bytes_in = t.frames_in, t.bytes_in
+        m.queued_bytes.set(sum(s.outbox.size for s in self.sessions))
 
     def attach(self, session: Session) -> None:
         """A session is open: count it (its ``close`` calls :meth:`detach`)."""
@@ -108,6 +119,8 @@ class Gateway:
     async def start(self) -> None:
         """Begin connecting to NATS; :attr:`ready` is set once the gateway can serve."""
         self.upstream.start()
+        if self.keys is not None:  # not waited for: HS256 tokens work meanwhile
+            self.keys.start()
         self.track(asyncio.create_task(self._setup(), name="setup"))
         self.track(asyncio.create_task(self._keepalive(), name="keepalive"))
 
@@ -154,4 +167,6 @@ class Gateway:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.upstream.close()
+        if self.keys is not None:
+            await self.keys.close()
         self.hasher.close()

@@ -50,6 +50,21 @@ class Metrics:
             "natsgate_nats_connected", "1 while NATS is connected", registry=r
         )
         self.logins = Counter("natsgate_logins_total", "Login attempts", ["outcome"], registry=r)
+        self.nats_reconnects = Counter(
+            "natsgate_nats_reconnects_total", "Times the NATS connection came back", registry=r
+        )
+        self.queued_bytes = Gauge(
+            "natsgate_queued_bytes", "Bytes waiting in connections' send queues", registry=r
+        )
+        self.jwks_fetches = Counter(
+            "natsgate_jwks_fetches_total",
+            "Fetches of the identity provider's key set (JWT_JWKS_URL) by outcome",
+            ["outcome"],
+            registry=r,
+        )
+        self.jwks_keys = Gauge(
+            "natsgate_jwks_keys", "Signing keys held from the identity provider", registry=r
+        )
 
 
 class Traffic:

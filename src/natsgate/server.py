@@ -16,7 +16,7 @@ from nats.js.errors import KeyNotFoundError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .addresses import client_address
-from .auth import AuthError, identify, mint_token, valid_user_id
+from .auth import AuthError, mint_token, token_from, valid_user_id
 from .edge import one_request, origin_allowed
 from .gateway import Gateway
 from .hashpool import PoolFull
@@ -69,6 +69,11 @@ def _remote(request: web.Request, gw: Gateway) -> str:
     )
 
 
+def _token(request: web.Request) -> str:
+    """The request's token (header, cookie, query: first found wins), or ``""``."""
+    return token_from(request.headers, request.cookies, request.query) or ""
+
+
 def _form_refusal(request: web.Request, gw: Gateway) -> web.Response | None:
     """``/auth/login`` and ``/auth/logout`` change the session cookie: JSON only (a form
     or ``text/plain`` post from another site is not a CORS "simple" request then) and the
@@ -85,6 +90,12 @@ async def login(request: web.Request) -> web.Response:
     refused = _form_refusal(request, gw)
     if refused is not None:
         return refused
+    if not gw.config.jwt_secret:  # JWKS only: the identity provider does the logins
+        return _error(
+            404,
+            "password login is off: this gateway takes tokens from its identity provider "
+            "(JWT_JWKS_URL) and has no JWT_SECRET to sign its own",
+        )
     try:
         async with asyncio.timeout(BODY_TIMEOUT_S):
             raw = await request.read()
@@ -154,7 +165,7 @@ async def logout(request: web.Request) -> web.Response:
         return refused
     revoked = False
     try:
-        ident = identify(request.headers, request.cookies, request.query, gw.config.jwt_secret)
+        ident = await gw.verifier.check(_token(request))
     except AuthError:
         ident = None  # nothing valid to revoke: clearing the cookie is all there is
     if ident is not None and ident.jti is not None:
@@ -170,7 +181,7 @@ async def logout(request: web.Request) -> web.Response:
 async def me(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY_KEY]
     try:
-        ident = identify(request.headers, request.cookies, request.query, gw.config.jwt_secret)
+        ident = await gw.verifier.check(_token(request))
     except AuthError as exc:
         return _error(401, str(exc))
     if not gw.ready.is_set():

@@ -177,6 +177,7 @@ class Upstream:
         url = self.nc.connected_url
         log.info("NATS reconnected to %s", url.netloc if url else "?")
         self.metrics.nats_connected.set(1)
+        self.metrics.nats_reconnects.inc()
         for listener in list(self._on_reconnect):
             try:
                 await listener()

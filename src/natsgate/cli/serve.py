@@ -7,7 +7,6 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import logging
 import os
 import signal
 import socket
@@ -25,25 +24,8 @@ from ..natsrunner import (
     remove_env_file,
     write_env_file,
 )
+from .logs import json_lines, setup_logging
 from .output import fail, log, say
-
-_LEVELS = {
-    "debug": logging.DEBUG,
-    "info": logging.INFO,
-    "warn": logging.WARNING,
-    "error": logging.ERROR,
-}
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=_LEVELS[level],
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if level != "debug":  # nats-py is chatty about reconnects we already report
-        logging.getLogger("nats").setLevel(logging.CRITICAL)
-        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -200,8 +182,9 @@ def cmd_serve(args: argparse.Namespace, argv: list[str], *, demo: bool) -> int:
     try:
         cfg = load(flags)
     except ConfigError as exc:
+        json_lines(os.environ.get("LOG_FORMAT", "").strip().lower() == "json")
         return fail(str(exc))
-    _setup_logging(cfg.log_level)
+    setup_logging(cfg.log_level, cfg.log_format)
     nats_server: NatsServer | None = None
     creds = Credentials.generate()
     env_file = cfg.data_dir.resolve() / ENV_FILE

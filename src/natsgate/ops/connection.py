@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .. import frames
 from .. import protocol as p
-from ..auth import AuthError, verify_token
+from ..auth import AuthError
 from ..errors import ErrorCode, ProtocolError
 from .context import Conn
 
@@ -14,9 +14,10 @@ async def ping(conn: Conn, op: p.Ping) -> None:
 
 
 async def auth(conn: Conn, op: p.Auth) -> None:
-    """A fresh token for the same user extends the connection."""
+    """A fresh token for the same user extends the connection: HS256 or, with
+    ``JWT_JWKS_URL``, the identity provider's (a new ``kid`` may refetch its keys)."""
     try:
-        ident = verify_token(op.data.token, conn.config.jwt_secret)
+        ident = await conn.services.verifier.check(op.data.token)
     except AuthError as exc:
         # The current token still holds; the connection stays until it expires.
         raise ProtocolError(ErrorCode.UNAUTHORIZED, str(exc)) from None

@@ -9,7 +9,7 @@ from collections.abc import Coroutine
 from typing import Any, Protocol
 
 from .. import protocol as p
-from ..auth import Identity
+from ..auth import Identity, Verifier
 from ..bridges.durable import DurableBridge
 from ..bridges.jetstream import JsBridge
 from ..bridges.kv import KvBridge
@@ -45,6 +45,8 @@ class Services(Protocol):
     def reserved(self) -> Reserved: ...
     @property
     def revocations(self) -> Revocations: ...
+    @property
+    def verifier(self) -> Verifier: ...
 
 
 class Conn(Protocol):

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from natsgate.auth import AuthError, UnknownKey, Verifier
-from natsgate.jwks import usable
+from natsgate.jwks import KeySet, usable
 
 from .conftest import SECRET, connect, unique
 from .helpers import Gw, T, WsClient, eventually
@@ -359,6 +359,29 @@ async def test_provider_unreachable_at_start_then_back(make_gw: Any, idp: Idp) -
     assert keys is not None
     await eventually(lambda: keys.loaded, 6 * T)
     assert await status_of(gw, EC.token(aud=None, iss=None)) == 101
+
+
+async def test_the_set_is_refreshed_on_its_own_and_a_failed_fetch_keeps_the_keys(
+    idp: Idp,
+) -> None:
+    """No token needs to name a new kid for a retired key to go: the periodic fetch."""
+    old, new = Key("EdDSA"), Key("EdDSA")
+    idp.serve(old)
+    keys = KeySet(idp.url)
+    keys.refresh_s = 0.2
+    keys.start()
+    try:
+        await eventually(lambda: keys.holds(old.kid), 3 * T)
+        idp.status = 503  # the provider fails: what was fetched stays
+        hits = idp.hits
+        await eventually(lambda: idp.hits >= hits + 2, 3 * T)
+        assert keys.holds(old.kid)
+        idp.status = 200
+        idp.serve(new)
+        await eventually(lambda: keys.holds(new.kid) and not keys.holds(old.kid), 6 * T)
+        assert keys.find(None) is not None  # one key: a token without kid may use it
+    finally:
+        await keys.close()
 
 
 # ------------------------------------------------------------------ pure: the verifier

@@ -46,8 +46,8 @@ class Config:
     allowed_origins: tuple[str, ...] = ()  # ALLOWED_ORIGINS; empty: the request's own Host
     cookie_secure: bool = False  # COOKIE_SECURE=1: always mark the jwt cookie Secure
     proxy: str | None = None  # --proxy [URL]: front-end dev server, else built-in static
-    log_level: str = "info"  # --log
-    workers: int = 1  # --workers: processes sharing the port (SO_REUSEPORT)
+    log_level: str = "info"  # LOG_LEVEL / --log: debug, info, warn or error
+    workers: int = 1  # WORKERS / --workers: processes sharing the port (SO_REUSEPORT)
     log_format: str = "text"  # LOG_FORMAT: text, or json (one object per line)
     static_dir: Path | None = None  # STATIC_DIR: your app's files at /; None: the demo's
     serve_static: bool = True  # STATIC_DIR=none (or --no-static): serve no files at all

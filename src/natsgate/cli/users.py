@@ -1,138 +1,221 @@
-"""``natsgate user add | caps | revoke`` (on the NATS server's buckets) and ``natsgate
-token``: the operator's commands, each one short connection to NATS or none."""
+"""``natsgate user add | passwd | caps | show | list | rm | revoke``: the operator's commands
+on the NATS server's buckets, each one short connection (see :mod:`.connect`)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
-import os
-import re
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..auth import USER_ID_RE, USER_ID_RULE, Passwords, mint_token
-from ..capabilities import Capabilities
-from ..config import Config, ConfigError, Flags, check_secret, load
-from ..natsrunner import ENV_FILE, read_env_file
+from ..auth import USER_ID_RE, USER_ID_RULE, Passwords
+from ..capabilities import Capabilities, CapabilitiesError
+from ..config import Config, ConfigError
+from .connect import with_nats
 from .output import fail, log
 
 if TYPE_CHECKING:
+    from nats.js.kv import KeyValue
+
     from ..upstream import Upstream
 
 
-def _nats_env(data_dir: Path) -> tuple[dict[str, str], str]:
-    """The environment the user commands load their config from, and the NATS server it
-    names, for their output. Without ``NATS_URL``, the file an embedded server of
-    ``serve --local`` wrote under the same ``--data-dir`` (its URL and its one user)."""
-    env = dict(os.environ)
-    path = data_dir / ENV_FILE
-    if not env.get("NATS_URL") and path.is_file():
-        for name in ("NATS_CREDS", "NATS_JWT", "NATS_NKEY"):
-            env.pop(name, None)  # the file's user, not these
-        try:
-            env.update(read_env_file(path))
-        except OSError as exc:
-            raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
-        return env, f"the embedded nats-server at {env.get('NATS_URL')} (credentials in {path})"
-    url = env.get("NATS_URL") or Config().nats_url
-    return env, "NATS at " + re.sub(r"//[^@/,]*@", "//", url)  # no password in the output
-
-
-async def _with_nats(action: object, data_dir: Path) -> int:
-    from ..metrics import Metrics
-    from ..upstream import Upstream
-
-    try:
-        env, where = _nats_env(data_dir)
-        cfg = load(Flags(local=True), env)  # no JWT_SECRET needed to manage users
-    except ConfigError as exc:
-        return fail(str(exc))
-    up = Upstream(cfg, Metrics())
-    try:
-        await up.connect_once()  # with NATS_CREDS, NATS_JWT + NATS_NKEY or a user, like serve
-    except Exception as exc:
-        return fail(f"cannot connect to {where}: {exc}", 1)
-    try:
-        return await action(up, cfg, where)  # type: ignore[operator, no-any-return]
-    finally:
-        await up.nc.close()
-
-
-def _read_caps(path: str) -> bytes:
+def read_caps(path: str) -> bytes:
+    """The file as it will be stored, once :meth:`Capabilities.validate` took it."""
     try:
         raw = Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read capabilities file {path}: {exc.strerror}") from None
     try:
-        json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"capabilities file {path} is not JSON: {exc}") from None
-    if Capabilities.parse(raw).to_json() == Capabilities().to_json() and raw.strip() not in (
-        b"{}",
-    ):
+        caps = Capabilities.validate(raw)
+    except CapabilitiesError as exc:
+        raise ConfigError(f"capabilities file {path}: {exc}") from None
+    if caps == Capabilities():
         log.warning("capabilities file %s grants nothing", path)
     return raw
 
 
-def cmd_user(args: argparse.Namespace) -> int:
-    from ..capstore import ensure_bucket
-    from ..revocations import write_user
+async def _get(kv: KeyValue, key: str) -> bytes | None:
+    from nats.js.errors import NotFoundError
 
-    if not USER_ID_RE.match(args.id):
-        return fail(f"invalid user id {args.id!r}: {USER_ID_RULE}")
     try:
-        caps = _read_caps(args.caps) if getattr(args, "caps", None) else None
+        entry = await kv.get(key, validate_keys=False)
+    except NotFoundError:  # never written, or deleted
+        return None
+    return entry.value or None
+
+
+async def _keys(kv: KeyValue) -> set[str]:
+    from nats.js.errors import NoKeysError
+
+    try:
+        return set(await kv.keys())
+    except NoKeysError:
+        return set()
+
+
+def _when(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+class _Buckets:
+    """The three buckets a user lives in, made when missing (as the gateway does)."""
+
+    def __init__(self, up: Upstream, cfg: Config) -> None:
+        self.up, self.cfg = up, cfg
+
+    async def creds(self) -> KeyValue:
+        from ..capstore import ensure_bucket
+
+        return await ensure_bucket(self.up, self.cfg.auth_creds_bucket)
+
+    async def caps(self) -> KeyValue:
+        from ..capstore import ensure_bucket
+
+        return await ensure_bucket(self.up, self.cfg.auth_bucket)
+
+    async def revoke(self, user: str) -> None:
+        """Every token of ``user`` issued before now is void, on every gateway."""
+        from ..capstore import ensure_bucket
+        from ..revocations import write_user
+
+        kv = await ensure_bucket(self.up, self.cfg.auth_revoked_bucket, ttl_markers=True)
+        await write_user(kv, user, time.time())
+
+    async def revoked_before(self, user: str) -> float | None:
+        from ..capstore import ensure_bucket
+        from ..revocations import user_key
+
+        kv = await ensure_bucket(self.up, self.cfg.auth_revoked_bucket, ttl_markers=True)
+        raw = await _get(kv, user_key(user))
+        try:
+            return float(json.loads(raw)["before"]) if raw else None
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+def _password(args: argparse.Namespace) -> str | None:
+    if args.action not in ("add", "passwd"):
+        return None
+    return sys.stdin.readline().rstrip("\n")
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    user: str | None = getattr(args, "id", None)
+    if user is not None and not USER_ID_RE.match(user):
+        return fail(f"invalid user id {user!r}: {USER_ID_RULE}")
+    try:
+        caps = read_caps(args.caps) if getattr(args, "caps", None) else None
     except ConfigError as exc:
         return fail(str(exc))
-    if args.action == "add":
-        password = sys.stdin.readline().rstrip("\n")
-        if not password:
-            return fail("give the password on standard input")
+    password = _password(args)
+    if password == "":
+        return fail("give the password on standard input")
 
     async def act(up: Upstream, cfg: Config, where: str) -> int:
+        b = _Buckets(up, cfg)
+        match args.action:
+            case "list":
+                return await _list(b, where)
+            case "show":
+                assert user is not None
+                return await _show(b, user, where)
+        assert user is not None
         # validate_keys off: a user id is any one subject token (auth0|42, ü), which
         # nats-py's stricter key pattern would refuse although NATS takes it
-        if args.action == "add":
-            creds = await ensure_bucket(up, cfg.auth_creds_bucket)
-            hashed = Passwords(cfg.web_hash_salt).hash(password).encode()
-            await creds.put(args.id, hashed, validate_keys=False)
-            print(f"user {args.id} added on {where}")
-        if args.action == "revoke":
-            kv = await ensure_bucket(up, cfg.auth_revoked_bucket, ttl_markers=True)
-            await write_user(kv, args.id, time.time())
-            print(f"every token of {args.id} issued before now is revoked on {where}")
+        match args.action:
+            case "add":
+                creds = await b.creds()
+                existed = await _get(creds, user) is not None
+                if existed and not args.force:
+                    return fail(
+                        f"user {user} exists on {where}; use natsgate user passwd {user} "
+                        "(or user add --force)",
+                        1,
+                    )
+                await creds.put(user, _hash(cfg, password), validate_keys=False)
+                if existed:  # --force: a new password, as passwd
+                    await b.revoke(user)
+                print(f"user {user} {'replaced' if existed else 'added'} on {where}")
+            case "passwd":
+                creds = await b.creds()
+                if await _get(creds, user) is None:
+                    return fail(f"no user {user} on {where}; use natsgate user add {user}", 1)
+                await creds.put(user, _hash(cfg, password), validate_keys=False)
+                await b.revoke(user)
+                print(
+                    f"password of {user} changed on {where}; every token issued before now "
+                    "is revoked"
+                )
+            case "revoke":
+                await b.revoke(user)
+                print(f"every token of {user} issued before now is revoked on {where}")
+            case "rm":
+                return await _rm(b, user, where)
         if caps is not None:
-            kv = await ensure_bucket(up, cfg.auth_bucket)
-            await kv.put(args.id, caps, validate_keys=False)
-            print(f"capabilities of {args.id} set on {where}")
+            kv = await b.caps()
+            await kv.put(user, caps, validate_keys=False)
+            print(f"capabilities of {user} set on {where}")
         return 0
 
-    return asyncio.run(_with_nats(act, Path(args.data_dir)))
+    return asyncio.run(with_nats(act, Path(args.data_dir)))
 
 
-_TTL = re.compile(r"^(\d+)([smhd]?)$")
+def _hash(cfg: Config, password: str | None) -> bytes:
+    assert password is not None
+    return Passwords(cfg.web_hash_salt).hash(password).encode()
 
 
-def parse_ttl(text: str) -> int:
-    m = _TTL.match(text.strip())
-    if not m:
-        raise ConfigError(f"--ttl must look like 90s, 15m, 1h or 7d, got {text!r}")
-    return int(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+async def _list(b: _Buckets, where: str) -> int:
+    with_password = await _keys(await b.creds())
+    with_caps = await _keys(await b.caps())
+    for user in sorted(with_password | with_caps):
+        password = "password" if user in with_password else "no password"
+        caps = "capabilities" if user in with_caps else "no capabilities"
+        print(f"{user}\t{password}\t{caps}")
+    n = len(with_password | with_caps)
+    print(f"{n} user{'' if n == 1 else 's'} on {where}", file=sys.stderr)
+    return 0
 
 
-def cmd_token(args: argparse.Namespace) -> int:
-    secret = os.environ.get("JWT_SECRET")
-    if not secret:
-        return fail("JWT_SECRET is required to sign a token")
+async def _show(b: _Buckets, user: str, where: str) -> int:
+    """The password's presence (never its hash), the capabilities as stored, revocations."""
+    hashed = await _get(await b.creds(), user)
+    raw = await _get(await b.caps(), user)
+    if hashed is None and raw is None:
+        return fail(f"no user {user} on {where}", 1)
+    print(f"user {user} on {where}")
+    print(f"password: {'set' if hashed else 'not set (no login; tokens only)'}")
+    before = await b.revoked_before(user)
+    if before is not None:
+        print(f"tokens issued before {_when(before)} are revoked")
+    if raw is None:
+        print("capabilities: none (grants nothing)")
+        return 0
     try:
-        check_secret(secret)
-        ttl = parse_ttl(args.ttl)
-    except ConfigError as exc:
-        return fail(str(exc))
-    if not USER_ID_RE.match(args.id):
-        return fail(f"invalid user id {args.id!r}: {USER_ID_RULE}")
-    print(mint_token(args.id, secret, ttl))
+        doc = Capabilities.validate(raw).to_json()
+    except CapabilitiesError as exc:
+        print(f"capabilities do not validate ({exc}); the gateway grants what it can read:")
+        doc = Capabilities.parse(raw).to_json()
+    print("capabilities: " + json.dumps(doc, indent=2, ensure_ascii=False))
+    return 0
+
+
+async def _rm(b: _Buckets, user: str, where: str) -> int:
+    """Password, capabilities (a deleted key revokes everything at once, on every gateway)
+    and every token issued until now."""
+    creds, caps = await b.creds(), await b.caps()
+    had = [await _get(creds, user) is not None, await _get(caps, user) is not None]
+    if not any(had):
+        return fail(f"no user {user} on {where}", 1)
+    if had[0]:
+        await creds.delete(user, validate_keys=False)
+    if had[1]:
+        await caps.delete(user, validate_keys=False)
+    await b.revoke(user)
+    print(f"user {user} removed on {where}: password, capabilities and tokens revoked")
     return 0

@@ -27,11 +27,13 @@ from aiohttp import web
 
 from .addresses import client_address
 from .auth import AuthError, Identity, UnknownKey
+from .deflate import compression
 from .gateway import Gateway
 from .handshake import (
     MAX_HEAD,
     HeadError,
     check_upgrade,
+    negotiate_deflate,
     parse_head,
     refusal,
     routes_here,
@@ -223,9 +225,12 @@ class Front(asyncio.Protocol):
             t.pause_reading()
             gw.track(asyncio.create_task(self._after_refetch(raw, rest), name="upgrade-keys"))
             return
-        bound_unsent(t, gw.config.notsent_lowat_bytes)
-        t.write(switching(accept))
-        conn = WsConnection(t, gw.config.max_frame_bytes)
+        cfg = gw.config
+        agreed = negotiate_deflate(head.headers, cfg.compression)
+        bound_unsent(t, cfg.notsent_lowat_bytes)
+        t.write(switching(accept, agreed))
+        deflate = compression(agreed, cfg.compression, cfg.compression_min_bytes)
+        conn = WsConnection(t, cfg.max_frame_bytes, deflate)
         t.set_protocol(conn)
         session = Session(gw, conn, ident, remote)
         conn.session = session

@@ -2,6 +2,7 @@
 and write the answers (101, or a plain refusal). Pure logic, no I/O.
 
 Only ``GET /ws`` heads are parsed here; every other request goes to aiohttp untouched.
+The permessage-deflate extension (RFC 7692) is agreed here too: :func:`negotiate_deflate`.
 """
 
 from __future__ import annotations
@@ -93,13 +94,132 @@ def check_upgrade(head: Head) -> str:
     return accept_key(key)
 
 
-def switching(accept: str) -> bytes:
+def switching(accept: str, deflate: Deflate | None = None) -> bytes:
+    ext = f"Sec-WebSocket-Extensions: {deflate.response()}\r\n" if deflate else ""
     return (
         "HTTP/1.1 101 Switching Protocols\r\n"
         "Upgrade: websocket\r\n"
         "Connection: Upgrade\r\n"
-        f"Sec-WebSocket-Accept: {accept}\r\n\r\n"
+        f"Sec-WebSocket-Accept: {accept}\r\n{ext}\r\n"
     ).encode()
+
+
+# ------------------------------------------------------------------ permessage-deflate
+
+
+@dataclass(frozen=True, slots=True)
+class Deflate:
+    """An agreed permessage-deflate (RFC 7692). Always without context takeover both
+    ways, so a connection keeps no zlib state between messages and a message deflated
+    once is valid for every connection with the same window (``deflate.py``)."""
+
+    server_wbits: int = 15  # the window our messages use: 15 unless the client asked less
+    echo_server_wbits: bool = False  # the offer named server_max_window_bits: answer it
+
+    def response(self) -> str:
+        out = "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+        if self.echo_server_wbits:
+            out += f"; server_max_window_bits={self.server_wbits}"
+        return out
+
+
+_TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_WBITS = {str(n): n for n in range(8, 16)}  # RFC 7692 §7.1.2: exactly "8" to "15"
+Params = list[tuple[str, str | None]]
+
+
+def parse_extensions(value: str) -> list[tuple[str, Params]] | None:
+    """``Sec-WebSocket-Extensions`` (RFC 6455 §9.1) as ``[(name, [(param, value)])]``;
+    None when it does not parse (then no extension is agreed; the upgrade goes on)."""
+    out: list[tuple[str, Params]] = []
+    pos, n = 0, len(value)
+
+    def ows() -> None:
+        nonlocal pos
+        while pos < n and value[pos] in " \t":
+            pos += 1
+
+    def token() -> str | None:
+        nonlocal pos
+        start = pos
+        while pos < n and value[pos] in _TCHAR:
+            pos += 1
+        return value[start:pos] or None
+
+    def quoted() -> str | None:
+        nonlocal pos
+        end = value.find('"', pos + 1)
+        if end < 0 or "\\" in value[pos:end]:
+            return None
+        inner, pos = value[pos + 1 : end], end + 1
+        return inner if inner and all(c in _TCHAR for c in inner) else None
+
+    while True:
+        ows()
+        name = token()
+        if name is None:
+            return None
+        params: Params = []
+        ows()
+        while pos < n and value[pos] == ";":
+            pos += 1
+            ows()
+            key = token()
+            if key is None:
+                return None
+            ows()
+            val = None
+            if pos < n and value[pos] == "=":
+                pos += 1
+                ows()
+                val = quoted() if pos < n and value[pos] == '"' else token()
+                if val is None:
+                    return None
+                ows()
+            params.append((key.lower(), val))
+        out.append((name.lower(), params))
+        if pos == n:
+            return out
+        if value[pos] != ",":
+            return None
+        pos += 1
+
+
+def _accept_offer(params: Params) -> Deflate | None:
+    """One permessage-deflate offer accepted, or None: declined (RFC 7692 §7.1)."""
+    seen: set[str] = set()
+    server_wbits: int | None = None
+    for key, val in params:
+        if key in seen:
+            return None  # a parameter twice makes the offer invalid (§7)
+        seen.add(key)
+        if key in ("server_no_context_takeover", "client_no_context_takeover"):
+            if val is not None:
+                return None
+        elif key == "server_max_window_bits":
+            server_wbits = _WBITS.get(val or "")
+            # zlib's raw deflate has no 256-byte window: an 8 cannot be honoured (§7.1.2.1)
+            if server_wbits is None or server_wbits < 9:
+                return None
+        elif key == "client_max_window_bits":
+            # a client's limit on its own window: we inflate with 15, enough for any
+            if val is not None and val not in _WBITS:
+                return None
+        else:
+            return None  # a parameter we do not know (§7)
+    return Deflate(server_wbits or 15, server_wbits is not None)
+
+
+def negotiate_deflate(headers: CIMultiDict[str], mode: str) -> Deflate | None:
+    """The first permessage-deflate offer of the request that we can honour, or None
+    (also when ``mode`` is ``off``): a declined offer never fails the upgrade."""
+    if mode == "off":
+        return None
+    offers = parse_extensions(", ".join(headers.getall("Sec-WebSocket-Extensions", [])))
+    for name, params in offers or ():
+        if name == "permessage-deflate" and (agreed := _accept_offer(params)) is not None:
+            return agreed
+    return None
 
 
 def refusal(status: int, reason: str) -> bytes:

@@ -8,6 +8,11 @@ Unfinished input is bounded twice: a message in progress (a partial frame, or fr
 of a message) must be complete within ``MESSAGE_TIMEOUT_S``, by a timer that exists only
 while something is held; and the bytes held for all connections of the process together
 stay within one :class:`InputBudget`. Both close with 1013 (try again later).
+
+With permessage-deflate agreed, the reader inflates compressed messages and data messages
+leave deflated (from ``Compression.min_bytes`` up) through the process's shared
+:class:`~natsgate.deflate.Deflater`, which makes each distinct text message's frame once
+per loop step however many sockets write it.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, ClassVar
 
+from .deflate import Compression
 from .errors import CloseCode
 from .wsframe import (
     OP_BINARY,
@@ -73,6 +79,7 @@ class WsConnection(asyncio.Protocol):
         "_close_sent",
         "_closed",
         "_deadline",
+        "_deflate",
         "_drain",
         "_paused",
         "_reader",
@@ -82,9 +89,15 @@ class WsConnection(asyncio.Protocol):
 
     budget: ClassVar[InputBudget] = PARTIAL_INPUT
 
-    def __init__(self, transport: asyncio.Transport, max_frame_bytes: int) -> None:
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        max_frame_bytes: int,
+        deflate: Compression | None = None,
+    ) -> None:
         self._transport = transport
-        self._reader = FrameReader(max_frame_bytes)
+        self._reader = FrameReader(max_frame_bytes, inflate=deflate is not None)
+        self._deflate = deflate  # shared by every connection with the same settings
         self._paused = False  # the socket's write buffer is over its high-water mark
         self._close_sent = False
         self._drain: asyncio.Future[None] | None = None  # made when someone waits
@@ -209,7 +222,11 @@ class WsConnection(asyncio.Protocol):
         t = self._transport
         if self._close_sent or t.is_closing():
             raise ConnectionResetError("the socket is closed")
-        t.write(header(OP_TEXT, len(frame)) + frame)
+        z = self._deflate
+        if z is not None and len(frame) >= z.min_bytes:
+            t.write(z.deflater.text_frame(frame))
+        else:
+            t.write(header(OP_TEXT, len(frame)) + frame)
         return not self._paused
 
     def write_message(self, opcode: int, payload: bytes) -> bool:
@@ -217,7 +234,11 @@ class WsConnection(asyncio.Protocol):
         t = self._transport
         if self._close_sent or t.is_closing():
             raise ConnectionResetError("the socket is closed")
-        t.write(header(opcode, len(payload)) + payload)
+        z = self._deflate
+        if z is not None and opcode <= OP_BINARY and len(payload) >= z.min_bytes:
+            t.write(z.deflater.frame(opcode, payload))
+        else:
+            t.write(header(opcode, len(payload)) + payload)
         return not self._paused
 
     async def drained(self) -> None:

@@ -3,8 +3,12 @@
 Ours rather than aiohttp's or picows' because per-connection state is what bounds how many
 idle connections one process holds: between frames a :class:`FrameReader` is four slots
 and no buffer (``bench/parsers.py`` measures it against python-websockets' parser). Pure
-logic, no I/O; tested with hypothesis (``tests/test_wsframe.py``) and the Autobahn
-TestSuite (``tests/test_autobahn.py``).
+logic, no I/O; tested with hypothesis (``tests/test_wsframe.py``, ``tests/test_deflate.py``)
+and the Autobahn TestSuite (``tests/test_autobahn.py``).
+
+With permessage-deflate agreed (RFC 7692, always without context takeover), a message
+whose first frame has RSV1 is inflated here, a fresh inflater per message, never past
+``max_size`` bytes of output. Deflating what the gateway sends is ``deflate.py``'s.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import base64
 import codecs
 import hashlib
 import struct
+import zlib
 
 from .errors import CloseCode
 
@@ -27,6 +32,8 @@ _H64 = struct.Struct("!BBQ")
 _CODE = struct.Struct("!H")
 _UTF8 = codecs.getincrementaldecoder("utf-8")
 _CLOSED = b""  # FrameReader._buf once a close frame or an error ended the input
+TAIL = b"\x00\x00\xff\xff"  # what a deflated message's sender strips (RFC 7692 §7.2.1)
+RSV1 = 0x40
 
 PROTOCOL_ERROR = CloseCode.PROTOCOL_ERROR
 INVALID_DATA = CloseCode.INVALID_DATA
@@ -104,25 +111,31 @@ class FrameReader:
     """Turns the bytes a client sends into whole messages: ``(opcode, payload)`` for text,
     binary (fragments joined) and control frames, in order.
 
-    Refuses, with :class:`FrameError`, unmasked frames, reserved bits or opcodes (no
-    extension is ever agreed), fragmented or over-long control frames, a continuation
-    without a message, a message over ``max_size`` bytes (1009, as soon as a header
-    announces it, before any of it is buffered) and a text message that is not UTF-8
-    (1007: a fragmented one as soon as a fragment breaks it, a single frame when it is
-    whole). Nothing counts after a close frame or an error.
+    Refuses, with :class:`FrameError`, unmasked frames, reserved bits or opcodes (RSV1
+    only on the first frame of a data message, and only with ``inflate``), fragmented or
+    over-long control frames, a continuation without a message, a message over
+    ``max_size`` bytes (1009, as soon as a header announces it, before any of it is
+    buffered) and a text message that is not UTF-8 (1007: a fragmented one as soon as a
+    fragment breaks it, a single frame when it is whole). A compressed message's limit
+    is on its inflated size: inflation stops one byte past it (1009), so a zip bomb
+    costs at most ``max_size`` bytes; its compressed frames may each be a little over
+    ``max_size`` (deflate's stored blocks). Nothing counts after a close frame or an
+    error.
 
     An incomplete frame is kept in a bytearray that later reads are appended to, so a
     frame that trickles in costs linear time, not a copy of all of it per read. Between
     messages nothing is held: ``held`` is 0 and no buffer or decoder exists.
     """
 
-    __slots__ = ("_buf", "_frag", "_utf8", "max_size")
+    __slots__ = ("_buf", "_frag", "_utf8", "_z", "inflate", "max_size")
 
-    def __init__(self, max_size: int) -> None:
+    def __init__(self, max_size: int, *, inflate: bool = False) -> None:
         self.max_size = max_size
+        self.inflate = inflate  # permessage-deflate was agreed: RSV1 means compressed
         self._buf: bytearray | bytes | None = None  # an incomplete frame, kept between reads
         self._frag: bytearray | None = None  # a fragmented message being joined
         self._utf8: codecs.IncrementalDecoder | None = None  # checks fragmented text only
+        self._z: zlib._Decompress | None = None  # inflates a fragmented compressed message
 
     @property
     def held(self) -> int:
@@ -132,7 +145,7 @@ class FrameReader:
 
     def discard(self) -> None:
         """Drop whatever is held; nothing fed from now on counts (the connection ends)."""
-        self._buf, self._frag, self._utf8 = _CLOSED, None, None
+        self._buf, self._frag, self._utf8, self._z = _CLOSED, None, None, None
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         out: list[tuple[int, bytes]] = []
@@ -156,8 +169,9 @@ class FrameReader:
         while end - pos >= 2:
             b0, b1 = buf[pos], buf[pos + 1]
             fin, op, length = b0 & 0x80, b0 & 0x0F, b1 & 0x7F
+            compressed = False
             if b0 & 0x70:
-                raise FrameError(PROTOCOL_ERROR, "reserved bits set; no extension was agreed")
+                compressed = _compressed(b0, op, self.inflate)
             if not b1 & 0x80:
                 raise FrameError(PROTOCOL_ERROR, "client frames must be masked")
             head = 2
@@ -176,7 +190,9 @@ class FrameReader:
                     raise FrameError(PROTOCOL_ERROR, "control frames must be final and short")
             elif op not in _DATA:
                 raise FrameError(PROTOCOL_ERROR, f"unknown opcode {op:#x}")
-            elif length + (len(self._frag) if self._frag is not None else 0) > self.max_size:
+            elif length + (len(self._frag) if self._frag is not None else 0) > self.max_size and (
+                not (compressed or self._z is not None) or length > _deflated_max(self.max_size)
+            ):
                 raise FrameError(TOO_BIG, f"message larger than {self.max_size} bytes")
             start = pos + head + 4
             if end - start < length:
@@ -192,16 +208,24 @@ class FrameReader:
                 frag = self._frag
                 if frag is None:
                     raise FrameError(PROTOCOL_ERROR, "continuation frame without a message")
+                z = self._z
+                if z is not None:
+                    payload = _inflate(z, payload, bool(fin), self.max_size - len(frag))
                 frag += payload
                 utf8 = self._utf8
                 if utf8 is not None:
                     _check(utf8, payload, bool(fin))
                 if fin:
                     out.append((OP_BINARY if utf8 is None else OP_TEXT, bytes(frag)))
-                    self._frag = self._utf8 = None
+                    self._frag = self._utf8 = self._z = None
             else:
                 if self._frag is not None:
                     raise FrameError(PROTOCOL_ERROR, "new message inside a fragmented one")
+                if compressed:  # a fresh inflater: the client keeps no context either
+                    z = zlib.decompressobj(-15)
+                    payload = _inflate(z, payload, bool(fin), self.max_size)
+                    if not fin:
+                        self._z = z
                 if fin:
                     if op == OP_TEXT and not payload.isascii():
                         _check_whole(payload)
@@ -219,6 +243,36 @@ class FrameReader:
             if pos:
                 del buf[:pos]  # type: ignore[union-attr]  # a bytearray: cheap at the front
             self._buf = buf
+
+
+def _compressed(b0: int, op: int, inflate: bool) -> bool:
+    """A frame with reserved bits: True when it starts a compressed message, else the
+    error (RFC 7692 §6: RSV1 only with the extension, only on a data message's first frame)."""
+    if b0 & 0x70 != RSV1 or not inflate:
+        raise FrameError(PROTOCOL_ERROR, "reserved bits set; no extension was agreed for them")
+    if op not in (OP_TEXT, OP_BINARY):
+        raise FrameError(PROTOCOL_ERROR, "RSV1 on a control or continuation frame")
+    return True
+
+
+def _deflated_max(max_size: int) -> int:
+    """The most a compressed frame may carry: deflate can grow incompressible data a
+    little (5 bytes per 64 KiB stored block), and a limit-size message must still fit."""
+    return max_size + (max_size >> 10) + 64
+
+
+def _inflate(z: zlib._Decompress, data: bytes, final: bool, room: int) -> bytes:
+    """Inflate one frame's payload, at most ``room`` bytes of output (else 1009: never
+    more than one byte past the limit is made, whatever the compressed data claims)."""
+    try:
+        out = z.decompress(data, room + 1)  # max_length 0 would mean "no limit": room >= 0
+        if len(out) <= room and final:
+            out += z.decompress(TAIL, room + 1 - len(out))
+    except zlib.error:
+        raise FrameError(PROTOCOL_ERROR, "compressed message is not valid deflate data") from None
+    if len(out) > room:
+        raise FrameError(TOO_BIG, "message larger than the limit once inflated")
+    return out
 
 
 def _check_whole(payload: bytes) -> None:

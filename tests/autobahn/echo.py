@@ -3,7 +3,8 @@
 The upgrade is :mod:`natsgate.handshake`'s and every connection a
 :class:`natsgate.wsconn.WsConnection` (with its :class:`~natsgate.wsframe.FrameReader`,
 timer and input budget): what the suite tests is the gateway's code, with an echo standing
-where the session goes. Text comes back as text, binary as binary.
+where the session goes. Text comes back as text, binary as binary. A permessage-deflate
+offer is agreed as the gateway agrees it (``COMPRESSION=on``: every message deflated).
 
 By hand (then point the ``kosoku`` CLI at it)::
 
@@ -18,7 +19,16 @@ import asyncio
 import contextlib
 from typing import cast
 
-from natsgate.handshake import MAX_HEAD, HeadError, check_upgrade, parse_head, refusal, switching
+from natsgate.deflate import compression
+from natsgate.handshake import (
+    MAX_HEAD,
+    HeadError,
+    check_upgrade,
+    negotiate_deflate,
+    parse_head,
+    refusal,
+    switching,
+)
 from natsgate.wsconn import WsConnection
 
 MAX_MESSAGE_BYTES = 64 << 20  # Autobahn 9.x sends messages of up to 16 MiB
@@ -74,13 +84,15 @@ class Upgrade(asyncio.Protocol):
             self._head = head
             return
         try:
-            accept = check_upgrade(parse_head(head[:end]))
+            parsed = parse_head(head[:end])
+            accept = check_upgrade(parsed)
         except HeadError as err:
             t.write(refusal(err.status, err.reason))
             t.close()
             return
-        t.write(switching(accept))
-        conn = EchoConnection(t, self._max)
+        agreed = negotiate_deflate(parsed.headers, "on")
+        t.write(switching(accept, agreed))
+        conn = EchoConnection(t, self._max, compression(agreed, "on", 0))
         conn.session = Echo()  # type: ignore[assignment]
         t.set_protocol(conn)
         if rest := head[end + 4 :]:

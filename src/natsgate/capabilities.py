@@ -6,13 +6,15 @@ grants nothing.  A request is allowed only when one granted pattern covers all o
 
 from __future__ import annotations
 
+import difflib
 import enum
+import json
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
-from .subjects import covered_by_any, covers, is_valid, match, overlaps
+from .subjects import InvalidSubject, covered_by_any, covers, is_valid, match, overlaps, validate
 
 
 class Kind(enum.StrEnum):
@@ -22,6 +24,16 @@ class Kind(enum.StrEnum):
     KV = "kv"
     JS = "js"
     DURABLE = "durable"  # a js_sub bound to a durable: the same grants as JS
+
+
+class CapabilitiesError(ValueError):
+    """A capability document :meth:`Capabilities.validate` refuses; the message names the
+    field (``buckets.todos[1]``) and why, in one line."""
+
+
+# lists of patterns, except buckets and streams (name or one-token pattern -> patterns)
+# and admin (a boolean)
+FIELDS = ("subjects", "publish", "commands", "buckets", "streams", "presence", "admin")
 
 
 class Capabilities(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -43,6 +55,38 @@ class Capabilities(msgspec.Struct, frozen=True, omit_defaults=True):
         except msgspec.DecodeError:
             return NONE
         return caps.sanitized()
+
+    @classmethod
+    def validate(cls, raw: bytes | str) -> Capabilities:
+        """A document as an operator wrote it (``natsgate user add --caps``, ``user caps``),
+        or :class:`CapabilitiesError`. Strict where :meth:`parse` is lenient: the gateway
+        must grant nothing for what it cannot read, but the person writing it should learn
+        at once that ``subjets`` is no field and ``"chat.>"`` is no list."""
+        try:
+            doc = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CapabilitiesError(f"not JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise CapabilitiesError(f"must be a JSON object, got {_kind(doc)}")
+        for name in doc:
+            if name not in FIELDS:
+                near = difflib.get_close_matches(name, FIELDS, n=1)
+                hint = f" (did you mean {near[0]!r}?)" if near else ""
+                raise CapabilitiesError(
+                    f"unknown field {name!r}{hint}; the fields are {', '.join(FIELDS)}"
+                )
+        admin = doc.get("admin", False)
+        if not isinstance(admin, bool):
+            raise CapabilitiesError(f"admin must be true or false, got {_kind(admin)}")
+        return cls(
+            subjects=_patterns("subjects", doc.get("subjects", [])),
+            publish=_patterns("publish", doc.get("publish", [])),
+            commands=_patterns("commands", doc.get("commands", [])),
+            buckets=_table("buckets", doc.get("buckets", {})),
+            streams=_table("streams", doc.get("streams", {})),
+            presence=_patterns("presence", doc.get("presence", [])),
+            admin=admin,
+        )
 
     def sanitized(self) -> Capabilities:
         """Drop grants that are not valid patterns, so a typo cannot widen anything."""
@@ -136,6 +180,47 @@ class Reserved:
         if bucket in self.hidden:
             return HIDDEN
         return LITERAL if bucket in self.literal else OPEN
+
+
+def _kind(value: object) -> str:
+    """How a JSON value is called in an error: ``a string ("chat.>")``."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return f"a string ({json.dumps(value)[:60]})"
+    if isinstance(value, int | float):
+        return f"a number ({value})"
+    return "a list" if isinstance(value, list) else "an object"
+
+
+def _patterns(where: str, value: object) -> list[str]:
+    if not isinstance(value, list):
+        raise CapabilitiesError(f"{where} must be a list of patterns, got {_kind(value)}")
+    for i, p in enumerate(value):
+        if not isinstance(p, str):
+            raise CapabilitiesError(f"{where}[{i}] must be a pattern string, got {_kind(p)}")
+        try:
+            validate(p, wildcards=True)
+        except InvalidSubject as exc:
+            raise CapabilitiesError(
+                f"{where}[{i}] {json.dumps(p)[:80]} is no pattern: {exc}"
+            ) from None
+    return list(value)
+
+
+def _table(where: str, value: object) -> dict[str, list[str]]:
+    if not isinstance(value, dict):
+        raise CapabilitiesError(
+            f"{where} must be an object of name -> list of patterns, got {_kind(value)}"
+        )
+    for key in value:
+        if "." in key or not is_valid(key, wildcards=True):
+            raise CapabilitiesError(
+                f"{where} has the key {json.dumps(key)[:80]}: a name, or '*' / '>' for every one"
+            )
+    return {k: _patterns(f"{where}.{k}", v) for k, v in value.items()}
 
 
 def _names_bucket(pattern: str, bucket: str) -> bool:

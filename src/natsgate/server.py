@@ -239,7 +239,10 @@ async def library(request: web.Request) -> web.StreamResponse:
 
 
 async def static(request: web.Request) -> web.StreamResponse:
-    _, root = web_dir()
+    """A file under ``STATIC_DIR`` (else the demo's folder): ``index.html`` for a folder, no
+    listings, nothing outside the folder, not through ``..`` nor through a symlink."""
+    config = request.app[GATEWAY_KEY].config
+    root = config.static_dir or web_dir()[1]
     rel = request.match_info.get("path", "") or "index.html"
     try:
         target = (root / rel).resolve()
@@ -318,7 +321,7 @@ def make_app(gw: Gateway) -> web.Application:
         handler = proxy(gw.config.proxy)
         app.on_cleanup.append(handler.cleanup)
         app.router.add_route("*", "/{path:.*}", handler)
-    else:
+    elif gw.config.serve_static:  # STATIC_DIR=none / --no-static: no files at all
         app.router.add_get("/natsgate.js", library)
         app.router.add_get("/natsgate/{name}", library)
         app.router.add_get("/{path:.*}", static)

@@ -1,5 +1,6 @@
-"""``natsgate serve | demo | user | token`` (contract section 6): the parser and
-:func:`main`; the commands live in :mod:`.serve` and :mod:`.users`."""
+"""``natsgate serve | demo | user | token | check`` (docs/deploy.md): the parser and
+:func:`main`; the commands live in :mod:`.serve`, :mod:`.users`, :mod:`.tokens` and
+:mod:`.check`."""
 
 from __future__ import annotations
 
@@ -10,15 +11,42 @@ from dotenv import load_dotenv
 
 from ..config import DEFAULT_PROXY, Config
 from ..natsrunner import ENV_FILE
+from .check import cmd_check
+from .envhelp import env_help
 from .serve import cmd_serve
-from .users import cmd_token, cmd_user
+from .tokens import cmd_token
+from .users import cmd_user
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("natsgate")
+    except PackageNotFoundError:  # a source tree never installed
+        return "unknown (not installed)"
+
+
+def _data_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data-dir",
+        default=str(Config().data_dir),
+        help="without NATS_URL, use the embedded server of serve --local with this "
+        f"--data-dir (its {ENV_FILE}; default ./data)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="natsgate", description="Put NATS in front of browsers.")
+    ap.add_argument("--version", action="version", version=f"natsgate {_version()}")
     sub = ap.add_subparsers(dest="command", required=True)
     for name, help_ in (("serve", "run the gateway"), ("demo", "serve --local with demo data")):
-        p = sub.add_parser(name, help=help_)
+        p = sub.add_parser(
+            name,
+            help=help_,
+            epilog=env_help(),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         if name == "serve":
             p.add_argument("--local", action="store_true", help="run an embedded nats-server")
         else:
@@ -38,27 +66,56 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--workers", type=int, default=None, help="processes sharing the port (default 1)"
         )
+        if name == "serve":
+            files = p.add_mutually_exclusive_group()
+            files.add_argument(
+                "--static",
+                default=None,
+                metavar="DIR",
+                help="serve your app's files at / (STATIC_DIR)",
+            )
+            files.add_argument(
+                "--no-static", action="store_true", help="serve no files at all (STATIC_DIR=none)"
+            )
+        else:
+            p.set_defaults(static=None, no_static=False)
     u = sub.add_parser("user", help="manage users").add_subparsers(dest="action", required=True)
     add = u.add_parser("add", help="add a user (password from stdin)")
     add.add_argument("id")
     add.add_argument("--caps", default=None, metavar="FILE")
+    add.add_argument("--force", action="store_true", help="replace an existing user's password")
+    passwd = u.add_parser(
+        "passwd", help="set a user's password (from stdin); revokes its earlier tokens"
+    )
+    passwd.add_argument("id")
     caps = u.add_parser("caps", help="set a user's capabilities")
     caps.add_argument("id")
     caps.add_argument("caps", metavar="FILE")
+    show = u.add_parser("show", help="a user's capabilities and whether it has a password")
+    show.add_argument("id")
+    listing = u.add_parser("list", help="every user: password and capabilities set or not")
+    rm = u.add_parser("rm", help="remove a user: password, capabilities, and its tokens")
+    rm.add_argument("id")
     revoke = u.add_parser(
         "revoke", help="revoke every token of a user issued before now (on every gateway)"
     )
     revoke.add_argument("id")
-    for p in (add, caps, revoke):
-        p.add_argument(
-            "--data-dir",
-            default=str(Config().data_dir),
-            help="without NATS_URL, use the embedded server of serve --local with this "
-            f"--data-dir (its {ENV_FILE}; default ./data)",
-        )
-    t = sub.add_parser("token", help="print a JWT for a user")
-    t.add_argument("id")
+    for p in (add, passwd, caps, show, listing, rm, revoke):
+        _data_dir(p)
+    t = sub.add_parser("token", help="print a JWT for a user, or check one (--verify)")
+    t.add_argument("id", nargs="?", default=None)
     t.add_argument("--ttl", default="1h")
+    t.add_argument(
+        "--verify",
+        default=None,
+        metavar="TOKEN",
+        help="print a token's claims and whether it is valid now",
+    )
+    _data_dir(t)
+    check = sub.add_parser(
+        "check", help="check the configuration, NATS, JetStream, buckets and capabilities"
+    )
+    _data_dir(check)
     return ap
 
 
@@ -75,4 +132,6 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_user(args)
         case "token":
             return cmd_token(args)
+        case "check":
+            return cmd_check(args)
     return 2

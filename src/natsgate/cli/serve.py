@@ -25,7 +25,35 @@ from ..natsrunner import (
     write_env_file,
 )
 from .logs import json_lines, setup_logging
+from .connect import remove_local_secret, write_local_secret
 from .output import fail, log, say
+
+
+def _tell_where(cfg: Config, url: str) -> None:
+    """What is where, for whoever reads the log first (docs/deploy.md)."""
+    from .check import front_end
+
+    log.info(
+        "WebSocket at %s/ws; login at %s/auth/login; health at %s/healthz",
+        url.replace("http", "ws", 1),
+        url,
+        url,
+    )
+    log.info("front end at %s/: %s", url, front_end(cfg))
+    log.info("NATS: %s (connection name %s)", _no_password(cfg.nats_url), cfg.nats_name)
+    log.info(
+        "buckets: capabilities %s, passwords %s, revocations %s, presence %s",
+        cfg.auth_bucket,
+        cfg.auth_creds_bucket,
+        cfg.auth_revoked_bucket,
+        cfg.presence_bucket,
+    )
+
+
+def _no_password(url: str) -> str:
+    import re
+
+    return re.sub(r"//[^@/,]*@", "//", url)
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -59,6 +87,7 @@ async def _serve(cfg: Config, *, demo_password: str | None = None, reuse_port: b
         loop.add_signal_handler(sig, stop.set)
     shown = "127.0.0.1" if cfg.host in ("0.0.0.0", "") else cfg.host
     say(f"natsgate listening on http://{shown}:{port}")
+    _tell_where(cfg, f"http://{shown}:{port}")
 
     services = None
     if demo_password is not None:
@@ -178,9 +207,15 @@ def cmd_serve(args: argparse.Namespace, argv: list[str], *, demo: bool) -> int:
         port=args.port,
         data_dir=args.data_dir,
         workers=args.workers,
+        no_static=args.no_static,
     )
+    env = dict(os.environ)
+    if args.static is not None:
+        env["STATIC_DIR"] = args.static  # the flag over the environment, checked alike
+    if demo:
+        env.pop("STATIC_DIR", None)  # the demo serves the demo
     try:
-        cfg = load(flags)
+        cfg = load(flags, env)
     except ConfigError as exc:
         json_lines(os.environ.get("LOG_FORMAT", "").strip().lower() == "json")
         return fail(str(exc))
@@ -199,6 +234,8 @@ def cmd_serve(args: argparse.Namespace, argv: list[str], *, demo: bool) -> int:
             return fail(str(exc), 1)
         try:
             write_env_file(env_file, nats_server.url, creds)
+            if cfg.jwt_secret_ephemeral:  # natsgate token --data-dir signs with it
+                write_local_secret(env_file.parent, cfg.jwt_secret)
         except OSError as exc:
             nats_server.stop()
             return fail(f"cannot write {env_file}: {exc.strerror or exc}", 1)
@@ -239,3 +276,4 @@ def cmd_serve(args: argparse.Namespace, argv: list[str], *, demo: bool) -> int:
         if nats_server is not None:
             nats_server.stop()
             remove_env_file(env_file, creds)
+            remove_local_secret(env_file.parent, cfg.jwt_secret)

@@ -8,11 +8,10 @@
 import { CLOSE_CODES, NatsgateError, backoffDelay, closeAction } from "./errors.js";
 import { Emitter, StateMachine, rethrowLater } from "./emitter.js";
 import { DurableSubscription } from "./durables.js";
-import { routeMsg } from "./routing.js";
-import { normPattern } from "./subjects.js";
-import {
-  CoreSubscription, JsSubscription, KvSubscription, Subscription, durableKey, subscriptionKey,
-} from "./subscriptions.js";
+import { later, webSocketOf, withDefaults } from "./options.js";
+import { PresenceJoin, PresenceSubscription } from "./presence.js";
+import { revokedBy, routeMsg } from "./routing.js";
+import { CoreSubscription, JsSubscription, KvSubscription, Subscription, durableKey } from "./subscriptions.js";
 import {
   decodeDurables, decodeFrame, decodePayload, encodeEnvelope, errorFromEnvelope, isList, isRecord,
   jwtExpiry, parseRevoked, resolveUrl, withToken,
@@ -29,6 +28,11 @@ import {
 /** @typedef {import("./durables.js").DurableOptions} DurableOptions */
 /** @typedef {import("./durables.js").DurableAckOptions} DurableAckOptions */
 /** @typedef {import("./durables.js").JsAckMessage} JsAckMessage */
+/** @typedef {import("./presence.js").PresenceHandler} PresenceHandler */
+/** @typedef {import("./options.js").ConnectOptions} ConnectOptions */
+/** @typedef {import("./options.js").Timer} Timer */
+/** @typedef {import("./options.js").WebSocketConstructor} WebSocketConstructor */
+/** @typedef {import("./options.js").WebSocketLike} WebSocketLike */
 
 /** @typedef {"connecting" | "open" | "reconnecting" | "closed"} ClientState */
 
@@ -55,48 +59,6 @@ import {
  * @property {[info: {attempts: number}]} reconnect
  * @property {[info: DisconnectInfo]} disconnect
  */
-
-/**
- * The part of the WebSocket API the client uses, so tests can inject a fake.
- * @typedef {object} WebSocketLike
- * @property {number} readyState
- * @property {(data: string) => void} send
- * @property {(code?: number, reason?: string) => void} close
- * @property {((ev: unknown) => void) | null} onopen
- * @property {((ev: {data: unknown}) => void) | null} onmessage
- * @property {((ev: {code: number, reason: string}) => void) | null} onclose
- * @property {((ev: unknown) => void) | null} onerror
- */
-/** @typedef {new (url: string) => WebSocketLike} WebSocketConstructor */
-
-/**
- * @typedef {object} ConnectOptions
- * @property {WebSocketConstructor} [WebSocket] default `globalThis.WebSocket`
- * @property {string | (() => string | Promise<string>)} [token] sent as `?token=` on each
- *   (re)connect; a function is called before every attempt
- * @property {() => Promise<string>} [refreshToken] fetches a new JWT; sent as the `auth` op
- *   `refreshBeforeMs` before the current token's `exp`, and used after close code 4001
- * @property {number} [refreshBeforeMs] default 30000
- * @property {number} [pingIntervalMs] client-side liveness check; default 25000, 0 turns it off
- * @property {number} [minDelayMs] reconnect backoff floor and base; default 250
- * @property {number} [maxDelayMs] reconnect backoff cap; default 10000
- * @property {number} [stableAfterMs] open this long resets the backoff; default 5000
- * @property {number} [connectTimeoutMs] socket open + first `cap_update`; default 10000
- * @property {number} [requestTimeoutMs] default timeout of `publish` and `command`; default 5000
- * @property {number} [timeoutGraceMs] added to a request's timeout client-side; default 1000
- * @property {() => number} [random] in [0, 1); default Math.random (injectable for tests)
- */
-
-/** @typedef {ReturnType<typeof setTimeout>} Timer */
-
-/**
- * setTimeout overflows (and fires at once) past 2^31-1 ms; a JWT can expire later than that.
- * @param {() => void} fn
- * @param {number} ms
- */
-function later(fn, ms) {
-  return setTimeout(fn, Math.min(Math.max(ms, 0), 2 ** 31 - 1));
-}
 
 // ---------------------------------------------------------------------------------------------
 // The client
@@ -179,24 +141,8 @@ export class NatsgateClient {
   constructor(url, options = {}) {
     const page = typeof location === "undefined" ? undefined : location;
     this.#url = resolveUrl(url, page);
-    const WS = options.WebSocket ?? globalThis.WebSocket;
-    if (typeof WS !== "function") {
-      throw new TypeError("natsgate: no WebSocket; pass options.WebSocket");
-    }
-    this.#WS = /** @type {WebSocketConstructor} */ (WS);
-    this.#opts = {
-      token: options.token,
-      refreshToken: options.refreshToken,
-      refreshBeforeMs: options.refreshBeforeMs ?? 30000,
-      pingIntervalMs: options.pingIntervalMs ?? 25000,
-      minDelayMs: options.minDelayMs ?? 250,
-      maxDelayMs: options.maxDelayMs ?? 10000,
-      stableAfterMs: options.stableAfterMs ?? 5000,
-      connectTimeoutMs: options.connectTimeoutMs ?? 10000,
-      requestTimeoutMs: options.requestTimeoutMs ?? 5000, // the server's CMD_TIMEOUT_MS
-      timeoutGraceMs: options.timeoutGraceMs ?? 1000,
-      random: options.random ?? Math.random,
-    };
+    this.#WS = webSocketOf(options);
+    this.#opts = withDefaults(options);
     if (typeof options.token === "string") this.#token = options.token;
     void this.#dial();
   }
@@ -361,6 +307,29 @@ export class NatsgateClient {
    */
   jsResume(stream, lastSeq, options, handler) {
     return this.jsSubscribe(stream, { ...options, startSeq: lastSeq + 1 }, handler);
+  }
+
+  /**
+   * Announce this connection on a subject (capability `presence`); joined again, with the
+   * latest info, after every reconnect. `ready` settles with the gateway's answer.
+   * @param {string} subject a literal subject
+   * @param {unknown} [info] any JSON, at most 1 KiB of it; members see it
+   * @returns {PresenceJoin} `update(info)`, `leave()`
+   */
+  join(subject, info) {
+    const handle = new PresenceJoin(subject, info);
+    return handle.ended ? handle : this.#track(handle); // ended: info too large
+  }
+
+  /**
+   * Who is on a subject (capability `subjects`): the current members, then joins and
+   * leaves; read again after every reconnect, the difference reported as changes.
+   * @param {string} subject a literal subject
+   * @param {PresenceHandler} [handler] called with every change, or `{onChange, onSync}`
+   * @returns {PresenceSubscription}
+   */
+  presence(subject, handler) {
+    return this.#track(new PresenceSubscription(subject, handler));
   }
 
   /**
@@ -784,7 +753,7 @@ export class NatsgateClient {
     for (const item of revoked) {
       const r = parseRevoked(item);
       if (!r) continue;
-      for (const sub of this.#revokedBy(r)) {
+      for (const sub of revokedBy(this.#subs, r)) {
         this.#subs.delete(sub._key());
         sub._end("revoked", new NatsgateError("forbidden", "revoked by a capability update", { target: sub.target }));
         ended.push(sub);
@@ -794,27 +763,6 @@ export class NatsgateClient {
     this.#events.emit("caps", caps);
     this.#events.emit("cap_update", { caps, revoked, ended });
     if (this.#state !== "open" && this.#state !== "closed" && this.#ws) this.#opened();
-  }
-
-  /**
-   * The subscriptions a `revoked` entry names. A JetStream entry with `durable` names that
-   * durable's binding; one without names the plain subscription and every durable bound
-   * with the same stream and filter (grants are by stream and filter, so they went too).
-   * @param {{kind: "sub" | "kv" | "js", target: string, pattern: string | undefined, durable?: string}} r
-   * @returns {Subscription[]}
-   */
-  #revokedBy(r) {
-    if (r.durable !== undefined) {
-      const sub = this.#subs.get(durableKey(r.target, r.durable));
-      return sub ? [sub] : [];
-    }
-    const sub = this.#subs.get(subscriptionKey(r.kind, r.target, r.pattern));
-    const out = sub ? [sub] : [];
-    if (r.kind !== "js") return out;
-    for (const d of this.#subs.values()) {
-      if (d instanceof DurableSubscription && d.stream === r.target && normPattern(d.pattern) === normPattern(r.pattern)) out.push(d);
-    }
-    return out;
   }
 
   /** @param {Envelope} env */

@@ -1,17 +1,22 @@
-// natsgate/routing.js: which subscriptions a server `msg` is for (docs/client.md, Routing).
+// natsgate/routing.js: which subscriptions a server `msg` is for, and which ones a
+// cap_update's `revoked` entry ends (docs/client.md, Routing).
 //
 // KV frames by bucket and key pattern, JetStream frames by stream and filter (a durable's by
-// stream and durable name), core frames by the `sub` pattern the server echoes. Pure: it
-// yields the calls and leaves running them to the client.
+// stream and durable name), presence frames by subject, core frames by the `sub` pattern the
+// server echoes. Pure: it yields the calls and leaves running them to the client.
 
 import { normPattern, subjectMatches } from "./subjects.js";
 import { DurableSubscription } from "./durables.js";
+import { PresenceSubscription } from "./presence.js";
 import { CoreSubscription, JsSubscription, KvSubscription, durableKey, subscriptionKey } from "./subscriptions.js";
-import { decodeDelivery, decodeJsMessage, decodeKvEntry, decodeKvMarker, decodePayload, isRecord } from "./wire.js";
+import {
+  decodeDelivery, decodeJsMessage, decodeKvEntry, decodeKvMarker, decodePayload, decodePresence, isRecord,
+} from "./wire.js";
 
 /** @typedef {import("./wire.js").CoreMessage} CoreMessage */
 /** @typedef {import("./wire.js").Envelope} Envelope */
 /** @typedef {import("./subscriptions.js").Subscription} Subscription */
+/** @typedef {import("./wire.js").RevokedEntry} RevokedEntry */
 
 /**
  * Route a `msg`: KV by bucket and key pattern, JetStream by stream and filter (or, with
@@ -69,6 +74,14 @@ export function* routeMsg(subs, env) {
       return;
     }
   }
+  if (target.startsWith("presence:")) {
+    const change = decodePresence(env.data);
+    if (change) {
+      const sub = subs.get(subscriptionKey("presence", target.slice(9), undefined));
+      if (sub instanceof PresenceSubscription) yield () => sub._deliver(change.op, change.member);
+      return;
+    }
+  }
   /** @param {CoreSubscription} sub */
   const deliver = (sub) => {
     /** @type {CoreMessage} */
@@ -83,6 +96,29 @@ export function* routeMsg(subs, env) {
   for (const sub of subs.values()) {
     if (sub instanceof CoreSubscription && subjectMatches(sub.subject, target)) yield deliver(sub);
   }
+}
+
+/**
+ * The subscriptions a `cap_update`'s `revoked` entry (as `parseRevoked` reads it) names. A
+ * JetStream entry with `durable` names that durable's binding; one without names the plain
+ * subscription and every durable bound with the same stream and filter (grants are by
+ * stream and filter, so they went too).
+ * @param {ReadonlyMap<string, Subscription>} subs the client's subscriptions, by `_key()`
+ * @param {RevokedEntry} r
+ * @returns {Subscription[]}
+ */
+export function revokedBy(subs, r) {
+  if (r.durable !== undefined) {
+    const sub = subs.get(durableKey(r.target, r.durable));
+    return sub ? [sub] : [];
+  }
+  const sub = subs.get(subscriptionKey(r.kind, r.target, r.pattern));
+  const out = sub ? [sub] : [];
+  if (r.kind !== "js") return out;
+  for (const d of subs.values()) {
+    if (d instanceof DurableSubscription && d.stream === r.target && normPattern(d.pattern) === normPattern(r.pattern)) out.push(d);
+  }
+  return out;
 }
 
 /**

@@ -14,6 +14,9 @@ import { normPattern, subjectMatches } from "./subjects.js";
 /** @typedef {import("./wire.js").JsMessage} JsMessage */
 /** @typedef {import("./wire.js").KvEntry} KvEntry */
 /** @typedef {import("./wire.js").ReplyData} ReplyData */
+/** @typedef {import("./wire.js").PresenceChange} PresenceChange */
+/** @typedef {import("./wire.js").PresenceMember} PresenceMember */
+/** @typedef {import("./wire.js").SubscriptionKind} SubscriptionKind */
 
 /** @typedef {"subscribing" | "active" | "ended" | "revoked"} SubscriptionState */
 
@@ -45,6 +48,11 @@ import { normPattern, subjectMatches } from "./subjects.js";
  * @property {[]} resync KV only: a re-hydration starts; drop what you hold for this pattern
  * @property {[]} synced KV only: a (re)hydration is complete; what you hold is current
  * @property {[reply: ReplyData]} gap JetStream only: retention dropped messages you missed
+ * @property {[change: PresenceChange]} join presence only: a member came
+ * @property {[change: PresenceChange]} update presence only: a member joined again with new info
+ * @property {[change: PresenceChange]} leave presence only: a member went
+ * @property {[members: PresenceMember[]]} sync presence only: the member list is complete
+ *   (first read, or read again after a reconnect)
  */
 
 /**
@@ -120,7 +128,7 @@ export class StreamCursor {
 /**
  * A subscription's identity on the wire: one live subscription per key and client. A
  * cap_update's `revoked` entry and a core `msg`'s `sub` are looked up by it.
- * @param {"sub" | "kv" | "js"} kind
+ * @param {SubscriptionKind} kind
  * @param {string} target
  * @param {string | undefined} pattern
  */
@@ -151,7 +159,8 @@ const SUBSCRIPTION_TRANSITIONS = {
 };
 
 /**
- * A live interest on the server: core subject, KV watch or JetStream consumer. It survives
+ * A live interest on the server: core subject, KV watch, JetStream consumer, presence join or
+ * member list (presence.js). It survives
  * reconnects (the client re-sends it) until `unsubscribe()`, a refusal or a revocation.
  * The underscore methods belong to the client.
  */
@@ -168,8 +177,8 @@ export class Subscription {
   _owner = null;
 
   /**
-   * @param {"sub" | "kv" | "js"} kind
-   * @param {string} target subject pattern, bucket or stream
+   * @param {SubscriptionKind} kind
+   * @param {string} target subject pattern, bucket or stream; presence: the subject
    * @param {string | undefined} pattern core: the subject; KV: the key pattern; JS: the filter
    */
   constructor(kind, target, pattern) {

@@ -32,6 +32,9 @@ import { NatsgateError, isErrorCode } from "./errors.js";
  * @property {string[]} [commands]
  * @property {Record<string, string[]>} [buckets]
  * @property {Record<string, string[]>} [streams]
+ * @property {string[]} [presence] subjects the user may `join` (reading who is there needs
+ *   `subjects`)
+ * @property {boolean} [admin] may use the gateway's administration endpoints
  */
 
 /**
@@ -66,6 +69,44 @@ import { NatsgateError, isErrorCode } from "./errors.js";
  * @property {unknown} payload
  * @property {string | undefined} time RFC 3339
  * @property {Headers | undefined} headers
+ */
+
+/**
+ * One connection announced on a subject (`join`): `user` is set by the gateway, `conn` is an
+ * opaque id of the connection (a user with two tabs is two members), `info` what it joined
+ * with.
+ * @typedef {object} PresenceMember
+ * @property {string} user
+ * @property {string} conn
+ * @property {unknown} info
+ */
+
+/**
+ * A change of a presence member list, as a `PresenceSubscription` reports it. `join`: a
+ * member came (or, after a reconnect, was found); `update`: a member joined again with new
+ * info (`previous` is the old member); `leave`: a member went (or, after a reconnect, was
+ * found gone). `snapshot`: the member was in the list when it was first read. `first`: the
+ * member is its user's only connection in the list (the user came online); `last`: the user
+ * has no connection left in it (the user went offline).
+ * @typedef {object} PresenceChange
+ * @property {"join" | "update" | "leave"} op
+ * @property {PresenceMember} member
+ * @property {PresenceMember} [previous] `update` only
+ * @property {boolean} snapshot
+ * @property {boolean} first
+ * @property {boolean} last
+ */
+
+/**
+ * What a subscription object stands for on the server: a core subscription, a KV watch, a
+ * JetStream consumer, a presence `join`, a presence member list (`presence_sub`).
+ * @typedef {"sub" | "kv" | "js" | "join" | "presence"} SubscriptionKind
+ */
+
+/**
+ * A `cap_update`'s `revoked` entry as `parseRevoked` reads it.
+ * @typedef {{kind: SubscriptionKind, target: string, pattern: string | undefined,
+ *   durable?: string}} RevokedEntry
  */
 
 /**
@@ -257,6 +298,20 @@ export function decodeJsMessage(env) {
 }
 
 /**
+ * A presence `msg`'s data (target `presence:<subject>`): `{"user", "conn", "op": "join" |
+ * "leave", "info"}`, or null when it is not shaped like one. A `join` of a connection that is
+ * a member already carries its new info.
+ * @param {unknown} data
+ * @returns {{op: "join" | "leave", member: PresenceMember} | null}
+ */
+export function decodePresence(data) {
+  if (!isRecord(data) || typeof data.conn !== "string") return null;
+  if (data.op !== "join" && data.op !== "leave") return null;
+  const user = typeof data.user === "string" ? data.user : "";
+  return { op: data.op, member: { user, conn: data.conn, info: data.info ?? null } };
+}
+
+/**
  * How often a durable's message has been delivered (`data.delivery`, 1 the first time;
  * sent with explicit acks only). 1 when absent.
  * @param {Envelope} env
@@ -340,13 +395,17 @@ export function jwtExpiry(token) {
  * "data": {"pattern": "user.a.>"}}`), the same with `pattern`/`filter` at the top level or
  * `kind`/`type` in place of `op`, and strings: `"chat.>"`, `"kv:todos:user.a.>"`,
  * `"js:CHAT:chat.room.*"`. A `durable` name (top level or in `data`) of a `js_sub` entry is
- * passed on.
+ * passed on. Presence: `{"op": "join" | "presence_sub", "target": "<subject>"}` (a join
+ * or a member list that the update ended), and strings `"join:<subject>"`,
+ * `"presence:<subject>"`.
  * @param {unknown} item
- * @returns {{kind: "sub" | "kv" | "js", target: string, pattern: string | undefined,
- *   durable?: string} | null}
+ * @returns {RevokedEntry | null}
  */
 export function parseRevoked(item) {
   if (typeof item === "string") {
+    for (const kind of /** @type {const} */ (["join", "presence"])) {
+      if (item.startsWith(`${kind}:`)) return { kind, target: item.slice(kind.length + 1), pattern: undefined };
+    }
     for (const kind of /** @type {const} */ (["kv", "js"])) {
       if (item.startsWith(`${kind}:`)) {
         const [target = "", ...rest] = item.slice(3).split(":");
@@ -357,11 +416,15 @@ export function parseRevoked(item) {
   }
   if (!isRecord(item)) return null;
   const tag = item.op ?? item.kind ?? item.type;
-  /** @type {Record<string, "sub" | "kv" | "js">} */
-  const kinds = { sub: "sub", core: "sub", kv_sub: "kv", kv: "kv", js_sub: "js", js: "js" };
+  /** @type {Record<string, SubscriptionKind>} */
+  const kinds = {
+    sub: "sub", core: "sub", kv_sub: "kv", kv: "kv", js_sub: "js", js: "js",
+    join: "join", presence_sub: "presence", presence: "presence",
+  };
   const kind = typeof tag === "string" ? kinds[tag] : "sub";
   const target = item.target ?? item.subject ?? item.bucket ?? item.stream;
   if (!kind || typeof target !== "string") return null;
+  if (kind === "join" || kind === "presence") return { kind, target, pattern: undefined };
   const data = isRecord(item.data) ? item.data : item;
   const p = data.pattern ?? data.filter;
   const pattern = kind === "sub" ? target : typeof p === "string" ? p : undefined;

@@ -22,6 +22,10 @@ import {
   type JsMessage,
   type KvEntry,
   type NatsgateClient,
+  type PresenceChange,
+  PresenceJoin,
+  type PresenceMember,
+  PresenceSubscription,
   type ReplyData,
   type SubscriptionState,
 } from "natsgate-client";
@@ -133,6 +137,27 @@ async function main(): Promise<void> {
   client.jsSubscribe("NOTIFY", { ack: "explicit" }, () => {});
   // @ts-expect-error: a plain subscription cannot delete anything
   await stream.unsubscribe({ delete: true });
+
+  // presence: announce this connection, read who is on the subject
+  const me: PresenceJoin = client.join("chat.room.1", { name: "Alice", away: false });
+  await me.ready;
+  await me.update({ name: "Alice", away: true });
+  const room: PresenceSubscription = client.presence("chat.room.1", {
+    onChange: (c: PresenceChange) => {
+      if (c.op === "leave" && c.last) console.log(`${c.member.user} went offline`);
+      if (c.op === "update") console.log(c.previous?.info, "->", c.member.info);
+      // @ts-expect-error: the ops are join, update and leave
+      if (c.op === "PUT") return;
+    },
+    onSync: (members: PresenceMember[]) => console.log(members.map((m) => `${m.user}/${m.conn}`)),
+  });
+  room.on("leave", ({ member, snapshot }) => console.log(member.user, snapshot));
+  await room.ready;
+  const users: Map<string, PresenceMember[]> = room.users;
+  console.log(room.members.get("conn")?.info, users.size, room.has("bob"), caps?.presence, caps?.admin);
+  // @ts-expect-error: the member list is read-only
+  room.members.clear();
+  await Promise.all([me.leave(), room.unsubscribe()]);
 
   // commands and errors
   try {

@@ -5,6 +5,7 @@ and deflating what the gateway sends (``deflate.Deflater``), no sockets."""
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import tracemalloc
 import zlib
@@ -202,8 +203,6 @@ def test_a_message_of_exactly_the_limit_inflates() -> None:
 
 
 def test_incompressible_data_at_the_limit_still_fits_its_compressed_frame() -> None:
-    import os
-
     payload = os.urandom(100_000)
     body = client_deflate(payload)
     assert len(body) > len(payload)  # deflate grew it (stored blocks)

@@ -21,6 +21,7 @@ echo "== browser library: install, type-check, unit tests"
 (cd client && npx tsc -p tsconfig.json && node --test test/)
 (cd client && npx tsc -p tsconfig.consumer.json) # a TypeScript app against the .d.ts just emitted into client/types/
 (cd client && npx tsc -p ../demo/tsconfig.json) # the demo (demo/app.js, demo/js/*.js), checked against the library
+(cd client && npx tsc -p ../admin/tsconfig.json) # the admin console (admin/console.js, admin/js/*.js)
 
 echo "== lint and types"
 .venv/bin/ruff check src tests $([ -d bench ] && echo bench)

@@ -175,11 +175,27 @@ class Reserved:
 
     hidden: frozenset[str] = frozenset()
     literal: frozenset[str] = frozenset()
+    # Subject prefixes, the same two ways (contract section 10): the gateways' admin
+    # requests never (``$NATSGATE.admin...``), the audit trail only through a grant that
+    # names the prefix (``natsgate.audit.>``, not ``>``). A pattern that reaches one only
+    # through a wildcard (``>``, ``natsgate.*.*``) is allowed as before, and is never
+    # delivered its subjects (:meth:`unnamed`, the hub's filter).
+    hidden_subjects: frozenset[str] = frozenset()
+    literal_subjects: frozenset[str] = frozenset()
 
     def mode(self, bucket: str) -> str:
         if bucket in self.hidden:
             return HIDDEN
         return LITERAL if bucket in self.literal else OPEN
+
+    def unnamed(self, pattern: str) -> tuple[str, ...]:
+        """The reserved prefixes (each with its dot) whose subjects ``pattern`` matches
+        only through a wildcard: a subscription on it must skip them."""
+        return tuple(
+            f"{p}."
+            for p in self.hidden_subjects | self.literal_subjects
+            if _reaches(pattern, p) and not _in_prefix(pattern, p)
+        )
 
 
 def _kind(value: object) -> str:
@@ -238,11 +254,33 @@ def _subject_allowed(grants: list[str], subject: str, reserved: Reserved | None)
         return covered_by_any(grants, subject)
     if any(_names_bucket(subject, b) for b in reserved.hidden):
         return False
+    if any(_reaches(subject, p) for p in reserved.hidden_subjects):
+        return False
+    named = [p for p in reserved.literal_subjects if _in_prefix(subject, p)]
+    if named:  # only a grant that names the prefix itself, e.g. "natsgate.audit.>"
+        return any(covers(g, subject) and all(_in_prefix(g, p) for p in named) for g in grants)
     literal = [b for b in reserved.literal if _names_bucket(subject, b)]
     if not literal:
         return covered_by_any(grants, subject)
     # only a grant that itself names the bucket, e.g. "$KV.auth_users.alice"
     return any(covers(g, subject) and all(_names_literally(g, b) for b in literal) for g in grants)
+
+
+def _wild_first(pattern: str) -> bool:
+    return pattern.split(".", 1)[0] in ("*", ">")
+
+
+def _in_prefix(pattern: str, prefix: str) -> bool:
+    """Whether ``pattern`` names ``prefix`` token by token (it lies inside it)."""
+    return pattern == prefix or pattern.startswith(f"{prefix}.")
+
+
+def _reaches(pattern: str, prefix: str) -> bool:
+    """Whether ``pattern`` matches some subject under ``prefix`` (a wildcard-first pattern
+    never matches ``_INBOX.``/``$`` subjects, contract section 4)."""
+    first = prefix.split(".", 1)[0]
+    private = first == "_INBOX" or first.startswith("$")
+    return overlaps(pattern, f"{prefix}.>") and not (private and _wild_first(pattern))
 
 
 def _names_literally(grant: str, bucket: str) -> bool:

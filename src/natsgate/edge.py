@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from .addresses import client_address
+from .audit import Kind as AuditKind
 from .auth import AuthError, Identity, UnknownKey
 from .deflate import compression
 from .gateway import Gateway
@@ -201,6 +202,7 @@ class Front(asyncio.Protocol):
         t = self._transport
         assert t is not None
         peer = t.get_extra_info("peername")
+        remote = str(peer[0]) if peer else "?"
         try:
             head = parse_head(raw)
             remote = client_address(
@@ -219,6 +221,9 @@ class Front(asyncio.Protocol):
             )
             accept = check_upgrade(head)
         except HeadError as err:
+            gw.audit.emit(
+                AuditKind.UPGRADE_REFUSED, None, remote, status=err.status, reason=err.reason
+            )
             self._refuse(err)
             return
         except UnknownKey:  # the identity provider may have a new key: fetch, then again

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
+import socket
 import time
 from collections import Counter, defaultdict
 from typing import Any
 
 from nats.js.kv import KeyValue
 
+from .admin.bus import PREFIX as ADMIN_PREFIX
+from .admin.bus import AdminBus
+from .audit import Audit
 from .auth import Passwords, Throttle, Verifier
 from .bridges.durable import DurableBridge
 from .bridges.jetstream import JsBridge
@@ -35,7 +40,9 @@ class Gateway:
         self.config = config
         self.metrics = Metrics()
         self.upstream = Upstream(config, self.metrics)
-        self.hub = Hub(lambda: self.upstream.nc)
+        self.hub = Hub(
+            lambda: self.upstream.nc, skip=lambda pattern: self.reserved.unnamed(pattern)
+        )
         self.capstore = CapStore(self.upstream, config.auth_bucket)
         self.kv = KvBridge(self.upstream)
         self.js = JsBridge(self.upstream)
@@ -56,7 +63,14 @@ class Gateway:
         self.reserved = Reserved(
             hidden=frozenset({config.auth_creds_bucket, config.auth_revoked_bucket}),
             literal=frozenset({config.auth_bucket}),
+            # the admin requests never, the audit trail only by a grant naming its prefix
+            hidden_subjects=frozenset({ADMIN_PREFIX}),
+            literal_subjects=frozenset({config.audit_prefix} - {""}),
         )
+        # this process among the gateways (the admin API's "gateway"; audit events)
+        self.gateway_id = f"{socket.gethostname()}-{secrets.token_hex(3)}"
+        self.audit = Audit(lambda: self.upstream.nc, config.audit_prefix, self.gateway_id)
+        self.admin = AdminBus(self, lambda: self.upstream.nc, config.auth_bucket)
         self.passwords = Passwords(config.web_hash_salt)
         self.hasher = HashPool(self.passwords)
         self.throttle = Throttle()
@@ -141,6 +155,7 @@ class Gateway:
                 await self.capstore.start()
                 await self.revocations.start()
                 self.creds = await ensure_bucket(self.upstream, self.config.auth_creds_bucket)
+                await self.admin.start()
             except Exception as exc:
                 log.warning("cannot set up the auth buckets yet: %r; retrying", exc)
                 await asyncio.sleep(1)
@@ -159,6 +174,8 @@ class Gateway:
                 *(s.close(CloseCode.RESTART) for s in sessions), return_exceptions=True
             )
         await self.hub.close()
+        await self.admin.close()
+        await self.audit.close()
         await self.capstore.close()
         await self.revocations.close()
         for task in list(self._tasks):

@@ -29,13 +29,14 @@ class Receiver(Protocol):
 
 
 class _Entry:
-    __slots__ = ("pattern", "private_filter", "ready", "receivers", "sub")
+    __slots__ = ("pattern", "private_filter", "ready", "receivers", "skip", "sub")
 
-    def __init__(self, pattern: str) -> None:
+    def __init__(self, pattern: str, skip: tuple[str, ...] = ()) -> None:
         self.pattern = pattern
         # Contract §4: a pattern whose first token is a wildcard never delivers _INBOX./$
         # subjects (NATS itself would).
         self.private_filter = pattern.split(".", 1)[0] in ("*", ">")
+        self.skip = skip  # reserved prefixes it reaches only by a wildcard (the audit trail)
         self.receivers: dict[Receiver, None] = {}  # insertion-ordered set
         self.sub: Subscription | None = None
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -44,14 +45,23 @@ class _Entry:
         subject = msg.subject
         if self.private_filter and subject.startswith(_PRIVATE_FIRST):
             return
+        if self.skip and subject.startswith(self.skip):
+            return
         frame = encode_msg(subject, msg.data, sub=self.pattern, headers=msg.headers)
         for receiver in self.receivers:
             receiver.push(frame)
 
 
 class Hub:
-    def __init__(self, nc: Callable[[], Client], *, flush_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        nc: Callable[[], Client],
+        *,
+        flush_timeout: float = 5.0,
+        skip: Callable[[str], tuple[str, ...]] = lambda pattern: (),
+    ) -> None:
         self._nc = nc  # a getter: the upstream may replace its client before first connect
+        self._skip = skip  # a pattern's subject prefixes never delivered (Reserved.unnamed)
         self._entries: dict[str, _Entry] = {}
         self._flush_timeout = flush_timeout
         self._tasks: set[asyncio.Task[None]] = set()
@@ -68,7 +78,7 @@ class Hub:
         NATS server. Raises if NATS does not confirm it in time (the receiver is not added)."""
         entry = self._entries.get(pattern)
         if entry is None:
-            entry = self._entries[pattern] = _Entry(pattern)
+            entry = self._entries[pattern] = _Entry(pattern, self._skip(pattern))
             entry.receivers[receiver] = None
             try:
                 nc = self._nc()

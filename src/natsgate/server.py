@@ -16,6 +16,8 @@ from nats.js.errors import KeyNotFoundError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .addresses import client_address
+from .admin.routes import add_routes as add_admin_routes
+from .audit import Kind as AuditKind
 from .auth import AuthError, mint_token, token_from, valid_user_id
 from .edge import one_request, origin_allowed
 from .gateway import Gateway
@@ -110,8 +112,10 @@ async def login(request: web.Request) -> web.Response:
     keys = (f"ip:{_remote(request, gw)}", f"user:{user}" if valid_user_id(user) else "user:")
     # Counted as a failure before the hash is checked, so concurrent attempts cannot pass
     # the limit; forgiven on success.
+    who = user if valid_user_id(user) else None  # any other name is not repeated (60 KB?)
     if not gw.throttle.take(*keys):
         gw.metrics.logins.labels("throttled").inc()
+        gw.audit.emit(AuditKind.LOGIN, who, _remote(request, gw), outcome="throttled")
         return _error(
             429,
             "too many failed logins; try again later",
@@ -140,9 +144,11 @@ async def login(request: web.Request) -> web.Response:
         return _error(503, "too many logins at once; try again", **{"Retry-After": "1"})
     if not ok:
         gw.metrics.logins.labels("failed").inc()
+        gw.audit.emit(AuditKind.LOGIN, who, _remote(request, gw), outcome="failed")
         return _error(401, "wrong user name or password")
     gw.throttle.forgive(*keys)
     gw.metrics.logins.labels("ok").inc()
+    gw.audit.emit(AuditKind.LOGIN, user, _remote(request, gw), outcome="ok")
     resp = web.json_response({"user": user})
     resp.set_cookie(
         COOKIE,
@@ -173,6 +179,9 @@ async def logout(request: web.Request) -> web.Response:
             return _error(503, "NATS is not reachable yet", **{"Retry-After": "1"})
         await gw.revocations.revoke_token(ident)
         revoked = True
+    gw.audit.emit(
+        AuditKind.LOGOUT, ident.user if ident else None, _remote(request, gw), revoked=revoked
+    )
     resp = web.json_response({"ok": True, "revoked": revoked})
     resp.del_cookie(COOKIE, path="/", secure=_secure(request, gw), samesite="Lax")
     return resp
@@ -317,6 +326,7 @@ def make_app(gw: Gateway) -> web.Application:
     app.router.add_get("/auth/me", me)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    add_admin_routes(app, GATEWAY_KEY)  # /admin (the console) and /admin/api/*
     if gw.config.proxy:
         handler = proxy(gw.config.proxy)
         app.on_cleanup.append(handler.cleanup)

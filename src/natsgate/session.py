@@ -21,6 +21,8 @@ from typing import Any, Protocol
 
 from . import frames, ops
 from . import protocol as p
+from .audit import Audit
+from .audit import Kind as AuditKind
 from .auth import Identity
 from .capabilities import Capabilities
 from .capstore import CapStore
@@ -67,6 +69,8 @@ class Host(Services, Protocol):
     def traffic(self) -> Traffic: ...
     @property
     def stopping(self) -> bool: ...
+    @property
+    def audit(self) -> Audit: ...
     def detach(self, session: Session) -> None: ...
     def track(self, task: asyncio.Task[Any]) -> None: ...
 
@@ -233,6 +237,7 @@ class Session:
     def _on_slow(self) -> None:
         self.gw.metrics.backpressure_closes.inc()
         log.info("closing slow client %s (%s): send queue full", self.user, self.remote)
+        self.gw.audit.emit(AuditKind.SLOW_CLIENT, self.user, self.remote, conn=self.conn_id)
         self._close_soon(
             CloseCode.TRY_AGAIN_LATER,
             (ErrorCode.BACKPRESSURE, "client is reading too slowly; reconnect"),
@@ -251,6 +256,7 @@ class Session:
     def revoke(self) -> None:
         """Its token was revoked (logout, ``natsgate user revoke``): close as on expiry."""
         log.info("closing %s (%s): token revoked", self.user, self.remote)
+        self.gw.audit.emit(AuditKind.REVOCATION, self.user, self.remote, token="revoked")
         self._close_soon(CloseCode.UNAUTHORIZED, (ErrorCode.UNAUTHORIZED, "token revoked"))
 
     def keepalive(self, now: float) -> None:
@@ -386,6 +392,10 @@ class Session:
 
     def send_error(self, err: ProtocolError) -> None:
         self.gw.metrics.errors.labels(err.code.value).inc()
+        if err.code is ErrorCode.FORBIDDEN:
+            self.gw.audit.emit(
+                AuditKind.FORBIDDEN, self.user, self.remote, target=err.target, message=err.message
+            )
         self.outbox.push(frames.encode_protocol_error(err))
 
     def ack(self, op: p.ClientOp, **extra: Any) -> None:
@@ -406,3 +416,5 @@ class Session:
         self.caps = caps
         revoked = subs.revoke(self, caps)
         self.outbox.push(frames.encode_cap_update(caps.to_json(), revoked))
+        if revoked:
+            self.gw.audit.emit(AuditKind.REVOCATION, self.user, self.remote, revoked=revoked)

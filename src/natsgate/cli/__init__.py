@@ -11,6 +11,8 @@ from dotenv import load_dotenv
 
 from ..config import DEFAULT_PROXY, Config
 from ..natsrunner import ENV_FILE
+from .audit import add_parser as add_audit_parser
+from .audit import cmd_audit
 from .check import cmd_check
 from .envhelp import env_help
 from .serve import cmd_serve
@@ -116,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
         "check", help="check the configuration, NATS, JetStream, buckets and capabilities"
     )
     _data_dir(check)
+    add_audit_parser(sub, _data_dir)
     return ap
 
 
@@ -134,4 +137,6 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_token(args)
         case "check":
             return cmd_check(args)
+        case "audit":
+            return cmd_audit(args)
     return 2

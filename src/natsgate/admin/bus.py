@@ -1,0 +1,223 @@
+"""Every gateway's connections, on request (contract section 10).
+
+Each gateway answers NATS requests on ``$NATSGATE.admin.<AUTH_BUCKET>.connections`` (its
+connections) and ``...disconnect`` (close those of a user or with a conn id, 4003); the
+gateway an administrator asked sends one request and gathers every answer until none came
+for ``QUIET_S``, at most ``GATHER_S`` (scatter-gather: how many gateways there are is not
+known). Gateways sharing an auth bucket are one deployment; another one on the same NATS
+has other subjects.
+
+Who can ask: the subjects start with ``$``, so no wildcard grant reaches them (contract
+section 4), and the gateway treats the prefix as hidden (``Reserved.hidden_subjects``): no
+grant at all reaches it through the gateway. Any message the gateway sends for a user
+carries ``Natsgate-User``; a request with that header is ignored all the same. What is
+left is what NATS itself lets through: a NATS user allowed to publish there (the gateways'
+own, an operator's tools) is an administrator, as one allowed to write the auth bucket is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from ..bridges.core import USER_HEADER
+from ..capabilities import Kind
+from ..errors import CloseCode
+from ..session import Session, State
+from ..subscriptions import feeds
+
+log = logging.getLogger("natsgate.admin")
+
+PREFIX = "$NATSGATE.admin"  # + .<auth bucket>.<verb>
+QUIET_S = 0.25  # gathering ends when no answer came for this long
+GATHER_S = 1.0  # and after this at the latest
+CHUNK = 500  # connections per answer message (NATS' max payload is 1 MiB by default)
+
+
+def prefix(auth_bucket: str) -> str:
+    """The admin subjects of the gateways sharing ``auth_bucket`` (one deployment)."""
+    return f"{PREFIX}.{auth_bucket}"
+
+
+class Host(Protocol):
+    """What the bus needs from its gateway."""
+
+    @property
+    def gateway_id(self) -> str: ...
+    @property
+    def sessions(self) -> set[Session]: ...
+
+
+def _when(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def describe(gateway: str, s: Session) -> dict[str, Any]:
+    """One connection as ``/admin/api/connections`` lists it."""
+    return {
+        "gateway": gateway,
+        "conn": s.conn_id,
+        "user": s.user,
+        "since": _when(s.since),
+        "address": s.remote,
+        "subs": sum(1 for sub in s.subs.values() if sub.kind is Kind.SUB),
+        "feeds": feeds(s.subs),
+        "queued_bytes": s.outbox.size,
+        "bytes_in": s.bytes_in,
+        "bytes_out": s.outbox.bytes_out,
+    }
+
+
+class _Ask(msgspec.Struct, frozen=True):
+    source: str = msgspec.field(name="from", default="")
+    user: str | None = None
+    conn: str | None = None
+
+
+_decode = msgspec.json.Decoder(_Ask)
+_encode = msgspec.json.Encoder()
+
+
+class AdminBus:
+    def __init__(self, host: Host, nc: Callable[[], Client], auth_bucket: str) -> None:
+        self._host = host
+        self._nc = nc  # a getter for the gateway's NATS client
+        self.prefix = prefix(auth_bucket)
+        self._subs: list[Subscription] = []
+
+    # ------------------------------------------------------------------ this gateway
+
+    def connections(self) -> list[dict[str, Any]]:
+        gid = self._host.gateway_id
+        return [describe(gid, s) for s in list(self._host.sessions) if s.state is State.OPEN]
+
+    async def disconnect(self, user: str | None, conn: str | None) -> int:
+        """Close this gateway's connections of ``user`` or with id ``conn`` (4003)."""
+        chosen = [
+            s
+            for s in list(self._host.sessions)
+            if s.state is State.OPEN
+            and ((user is not None and s.user == user) or (conn is not None and s.conn_id == conn))
+        ]
+        for s in chosen:  # not waited for: a close handshake may take its peer a while
+            s.spawn_detached(s.close(CloseCode.ADMIN_DISCONNECT))
+        if chosen:
+            await asyncio.sleep(0)  # each close has begun: none is listed as open any more
+        return len(chosen)
+
+    # ------------------------------------------------------------------ answering
+
+    async def start(self) -> None:
+        """Answer the other gateways (nats-py subscribes again after a reconnect)."""
+        if self._subs:
+            return
+        nc = self._nc()
+        self._subs = [
+            await nc.subscribe(f"{self.prefix}.connections", cb=self._on_connections),
+            await nc.subscribe(f"{self.prefix}.disconnect", cb=self._on_disconnect),
+        ]
+
+    def _ask(self, msg: Msg) -> _Ask | None:
+        """The request, or None: no reply subject, a user's message, or unreadable."""
+        if not msg.reply or (msg.headers and USER_HEADER in msg.headers):
+            return None
+        try:
+            return _decode.decode(msg.data or b"{}")
+        except msgspec.DecodeError:
+            return None
+
+    async def _on_connections(self, msg: Msg) -> None:
+        ask = self._ask(msg)
+        if ask is None:
+            return
+        gid = self._host.gateway_id
+        conns = [] if ask.source == gid else self.connections()  # the asker lists its own
+        nc = self._nc()
+        with contextlib.suppress(Exception):
+            for i in range(0, max(1, len(conns)), CHUNK):
+                part = {"gateway": gid, "connections": conns[i : i + CHUNK]}
+                await nc.publish(msg.reply, _encode.encode(part))
+
+    async def _on_disconnect(self, msg: Msg) -> None:
+        ask = self._ask(msg)
+        if ask is None or (ask.user is None and ask.conn is None):
+            return
+        gid = self._host.gateway_id
+        closed = 0 if ask.source == gid else await self.disconnect(ask.user, ask.conn)
+        with contextlib.suppress(Exception):
+            await self._nc().publish(msg.reply, _encode.encode({"gateway": gid, "closed": closed}))
+
+    # ------------------------------------------------------------------ asking
+
+    async def gather(self, verb: str, **ask: Any) -> list[dict[str, Any]]:
+        """Ask every gateway (this one included, which answers at once and empty) and
+        collect the answers until it goes quiet; those of other gateways are returned."""
+        nc = self._nc()
+        gid = self._host.gateway_id
+        if not nc.is_connected:
+            return []
+        answers: asyncio.Queue[Msg] = asyncio.Queue()
+
+        async def on_answer(msg: Msg) -> None:
+            answers.put_nowait(msg)
+
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox, cb=on_answer)
+        got: list[dict[str, Any]] = []
+        try:
+            await nc.publish(
+                f"{self.prefix}.{verb}", _encode.encode({"from": gid, **ask}), reply=inbox
+            )
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + GATHER_S
+            while (left := deadline - loop.time()) > 0:
+                try:
+                    async with asyncio.timeout(min(QUIET_S, left)):
+                        msg = await answers.get()
+                except TimeoutError:
+                    break
+                with contextlib.suppress(msgspec.DecodeError):
+                    answer = msgspec.json.decode(msg.data)
+                    if isinstance(answer, dict) and answer.get("gateway") != gid:
+                        got.append(answer)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        return got
+
+    async def all_connections(self) -> tuple[list[dict[str, Any]], list[str]]:
+        """Every gateway's connections, and the gateways that answered (this one first)."""
+        conns = self.connections()
+        gateways = [self._host.gateway_id]
+        for answer in await self.gather("connections"):
+            gateways.append(str(answer.get("gateway")))
+            conns.extend(_list(answer.get("connections")))
+        return conns, list(dict.fromkeys(gateways))
+
+    async def disconnect_everywhere(self, user: str | None, conn: str | None) -> int:
+        here, answers = await asyncio.gather(
+            self.disconnect(user, conn), self.gather("disconnect", user=user, conn=conn)
+        )
+        there: list[object] = [a.get("closed") for a in answers]
+        return int(here) + sum(n for n in there if isinstance(n, int))
+
+    async def close(self) -> None:
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        self._subs = []
+
+
+def _list(value: object) -> Iterable[dict[str, Any]]:
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, dict)]
+    return []

@@ -170,13 +170,20 @@ class AdminBus:
         async def on_answer(msg: Msg) -> None:
             answers.put_nowait(msg)
 
-        inbox = nc.new_inbox()
-        sub = await nc.subscribe(inbox, cb=on_answer)
         got: list[dict[str, Any]] = []
+        inbox = nc.new_inbox()
+        try:  # NATS going away meanwhile: this gateway's own answer is all there is
+            sub = await nc.subscribe(inbox, cb=on_answer)
+        except Exception as exc:
+            log.warning("cannot ask the other gateways: %r", exc)
+            return got
         try:
-            await nc.publish(
-                f"{self.prefix}.{verb}", _encode.encode({"from": gid, **ask}), reply=inbox
-            )
+            try:
+                payload = _encode.encode({"from": gid, **ask})
+                await nc.publish(f"{self.prefix}.{verb}", payload, reply=inbox)
+            except Exception as exc:
+                log.warning("cannot ask the other gateways: %r", exc)
+                return got
             loop = asyncio.get_running_loop()
             deadline = loop.time() + GATHER_S
             while (left := deadline - loop.time()) > 0:

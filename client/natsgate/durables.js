@@ -150,7 +150,7 @@ export class DurableSubscription extends Subscription {
    * @param {(msg: M) => void} handler
    */
   constructor(stream, options, handler) {
-    super("js", stream, options.filter);
+    super("js", stream, options.filter ?? ">"); // no filter: every subject of the stream
     this.stream = stream;
     this.durable = options.durable;
     /** @type {"none" | "explicit"} */

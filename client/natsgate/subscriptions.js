@@ -423,7 +423,7 @@ export class JsSubscription extends Subscription {
    * @param {(msg: JsMessage) => void} handler
    */
   constructor(stream, options, handler) {
-    super("js", stream, options.filter);
+    super("js", stream, options.filter ?? ">"); // no filter: every subject of the stream
     this.stream = stream;
     this.#options = options;
     const startTime = options.startTime instanceof Date ? options.startTime.toISOString() : options.startTime;
@@ -449,7 +449,8 @@ export class JsSubscription extends Subscription {
 
   /** @returns {Envelope} */
   _unwire() {
-    return { op: "js_unsub", target: this.target, data: this.pattern === undefined ? {} : { filter: this.pattern } };
+    const filter = this.#options.filter;
+    return { op: "js_unsub", target: this.target, data: filter === undefined ? {} : { filter } };
   }
 
   /** @param {ReplyData} data */

@@ -24,8 +24,8 @@ from ..natsrunner import (
     remove_env_file,
     write_env_file,
 )
-from .logs import json_lines, setup_logging
 from .connect import remove_local_secret, write_local_secret
+from .logs import json_lines, setup_logging
 from .output import fail, log, say
 
 
@@ -217,7 +217,7 @@ def cmd_serve(args: argparse.Namespace, argv: list[str], *, demo: bool) -> int:
     try:
         cfg = load(flags, env)
     except ConfigError as exc:
-        json_lines(os.environ.get("LOG_FORMAT", "").strip().lower() == "json")
+        json_lines(env.get("LOG_FORMAT", "").strip().lower() == "json")
         return fail(str(exc))
     setup_logging(cfg.log_level, cfg.log_format)
     nats_server: NatsServer | None = None

@@ -11,8 +11,6 @@ import logging
 from datetime import datetime
 from typing import Any, overload
 
-import aiohttp
-
 from .connection import REQUEST_TIMEOUT, Connection
 from .durable import AckMode, DurableSubscription
 from .registry import S
@@ -65,7 +63,7 @@ class Client(Connection):
     def start(self) -> None:
         """Begin connecting (``connect()`` does this and waits for :meth:`ready`)."""
         if self._run_task is None and self._state is not ClientState.CLOSED:
-            self._session = aiohttp.ClientSession()
+            self._session = self._refusals.session()  # keeps why an upgrade was refused
             self._run_task = self.spawn(self._run(), "natsgate-client")
 
     async def _add(self, sub: S) -> S:

@@ -19,11 +19,12 @@ import aiohttp
 import msgspec
 
 from ..errors import CloseCode
-from .events import Emitter
+from .events import NOTHING, Emitter
 from .options import TokenProvider, gateway_url, token_expiry
 from .pending import Pending
 from .reconnect import Closed, Outcome, Policy, Refused, Retry, Unreachable, Verdict, decide
-from .registry import Registry
+from .refusal import Refusals
+from .registry import CapUpdate, Registry
 from .subscriptions import AnySubscription
 from .wire import (
     ClientState,
@@ -84,6 +85,8 @@ class Connection(Emitter):
 
         self._state = ClientState.CONNECTING
         self._caps: dict[str, Any] = {}
+        self._caps_seen = False  # a cap_update came: a late cap_update listener gets it
+        self._refusals = Refusals(connect_timeout)  # why the latest upgrade was refused
         self._session: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse[Literal[False]] | None = None
         self._conn_open = False  # this socket got its cap_update
@@ -128,6 +131,12 @@ class Connection(Emitter):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+    def _current(self, event: str) -> Any:
+        """A late ``cap_update`` listener gets the latest caps (``revoked``, ``ended``: empty)."""
+        if event == "cap_update" and self._caps_seen:
+            return CapUpdate(self._caps, [], [])
+        return NOTHING
 
     def _transition(self, new: ClientState) -> None:
         old = self._state
@@ -227,9 +236,10 @@ class Connection(Emitter):
                     timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
                 )
         except aiohttp.WSServerHandshakeError as exc:
-            self.last_failure = f"upgrade refused: {exc.status} {exc.message}"
+            reason = self._refusals.describe(exc)
+            self.last_failure = f"upgrade refused: {exc.status} {reason}"
             log.debug("natsgate: %s", self.last_failure)
-            return Refused(exc.status, exc.message)
+            return Refused(exc.status, reason)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             self.last_failure = f"cannot connect: {exc!r}"
             log.debug("natsgate: %s", self.last_failure)
@@ -427,6 +437,7 @@ class Connection(Emitter):
     def _on_cap_update(self, env: Envelope) -> None:
         w = decode_cap_update(env.data)
         self._caps = w.caps
+        self._caps_seen = True
         self._emit("cap_update", self._subs.revoke(w.caps, w.revoked))
         if self._ws is not None and not self._conn_open and self._state is not ClientState.CLOSED:
             self._on_open()

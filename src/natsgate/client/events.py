@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import asyncio
 import inspect
 import logging
 from collections.abc import Callable, Coroutine
@@ -15,6 +16,7 @@ from .wire import ClientState, DisconnectInfo, NatsgateError, ReconnectInfo
 log = logging.getLogger("natsgate.client")
 
 Remover = Callable[[], None]
+NOTHING: Any = object()  # no current value to give a new listener
 
 
 class Emitter(abc.ABC):
@@ -56,9 +58,22 @@ class Emitter(abc.ABC):
         socket closed), ``reconnect`` (ReconnectInfo: open again, subscriptions re-sent),
         ``gap`` (a JsSubscription whose resume found messages gone from the stream).
         Callbacks may be coroutine functions; they then run in a task the client owns.
+
+        ``cap_update`` holds a current value: a callback registered after ``await
+        connect()`` is called once, soon after, with the latest capabilities (``revoked``
+        and ``ended`` empty), then with each update. ``state`` events are transitions
+        only; ``client.state`` and ``client.caps`` say what is now.
         """
         listeners = self._listeners.setdefault(event, [])
         listeners.append(callback)
+        current = self._current(event)
+        if current is not NOTHING:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # registered outside a loop: nothing has happened yet
+                pass
+            else:
+                loop.call_soon(self._replay, event, callback, listeners, current)
 
         def remove() -> None:
             if callback in listeners:
@@ -66,15 +81,28 @@ class Emitter(abc.ABC):
 
         return remove
 
+    def _current(self, event: str) -> Any:
+        """What a listener of ``event`` registered now is given at once, or NOTHING."""
+        return NOTHING
+
+    def _replay(
+        self, event: str, callback: Callable[[Any], object], listeners: list[Any], arg: Any
+    ) -> None:
+        if callback in listeners:  # not removed meanwhile
+            self._call(event, callback, arg)
+
     def _emit(self, event: str, arg: Any) -> None:
         for callback in list(self._listeners.get(event, ())):
-            try:
-                result = callback(arg)
-            except Exception:
-                log.exception("%s listener failed", event)
-                continue
-            if inspect.iscoroutine(result):
-                self.spawn(self._guard(result, event), f"on-{event}")
+            self._call(event, callback, arg)
+
+    def _call(self, event: str, callback: Callable[[Any], object], arg: Any) -> None:
+        try:
+            result = callback(arg)
+        except Exception:
+            log.exception("%s listener failed", event)
+            return
+        if inspect.iscoroutine(result):
+            self.spawn(self._guard(result, event), f"on-{event}")
 
     @staticmethod
     async def _guard(coro: Coroutine[Any, Any, Any], event: str) -> None:

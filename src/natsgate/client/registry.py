@@ -135,7 +135,7 @@ class Registry:
             elif r.op == "js_sub":
                 if r.filter is not None:
                     item["filter"] = r.filter
-                key = ("js_sub", r.target, r.filter or "")
+                key = ("js_sub", r.target, r.filter or ">")
                 if r.durable is not None:
                     item["durable"] = r.durable
                     key = ("js_durable", r.target, r.durable)

@@ -274,7 +274,7 @@ class JsSubscription(Subscription[JsMessage]):
         batch: int | None,
         filter: str | None,
     ) -> None:
-        super().__init__(client, stream, filter or "", handler)
+        super().__init__(client, stream, filter or ">", handler)  # no filter: every subject
         self.filter = filter
         self.start_seq = start_seq if start_seq and start_seq >= 1 else None
         if isinstance(start_time, datetime):

@@ -269,6 +269,7 @@ async def test_the_console_is_served_and_shipped(make_gw: Any) -> None:
         async with aiohttp.ClientSession() as s:
             async with s.get(f"{g.url}/admin") as r:
                 assert r.status == 200 and r.headers["X-Frame-Options"] == "DENY"
+                assert "default-src 'self'" in r.headers["Content-Security-Policy"]
                 page = await r.text()
             todo = re.findall(r'(?:src|href)="(/admin/[^"]+)"', page)
             seen: set[str] = set()

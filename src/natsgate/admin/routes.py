@@ -32,6 +32,8 @@ _HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-cache",
     "X-Frame-Options": "DENY",  # nobody frames the console to click its buttons
+    # the console's own files only: an injected script or style could act as the admin
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
 }
 
 

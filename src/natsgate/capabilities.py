@@ -24,6 +24,7 @@ class Kind(enum.StrEnum):
     KV = "kv"
     JS = "js"
     DURABLE = "durable"  # a js_sub bound to a durable: the same grants as JS
+    PRESENCE = "presence"  # a presence_sub: reading members needs ``subjects``
 
 
 class CapabilitiesError(ValueError):
@@ -153,7 +154,7 @@ class Capabilities(msgspec.Struct, frozen=True, omit_defaults=True):
     ) -> bool:
         """The check for a live subscription, re-run when capabilities change."""
         match kind:
-            case Kind.SUB:
+            case Kind.SUB | Kind.PRESENCE:
                 return all(self.can_subscribe(p, reserved) for p in patterns)
             case Kind.KV:
                 return all(self.can_watch(target, p, reserved) for p in patterns)

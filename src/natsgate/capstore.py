@@ -65,9 +65,12 @@ class _User:
         self.loaded: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
 
-async def ensure_bucket(upstream: Upstream, bucket: str, *, ttl_markers: bool = False) -> KeyValue:
+async def ensure_bucket(
+    upstream: Upstream, bucket: str, *, ttl_markers: bool = False, max_age: float | None = None
+) -> KeyValue:
     """The bucket, created when missing (the gateway creates its buckets at start). With
-    ``ttl_markers``, per-message TTLs are allowed where the server has them (2.11+)."""
+    ``ttl_markers``, per-message TTLs are allowed where the server has them (2.11+);
+    ``max_age`` (seconds) bounds every entry where it has not (presence's fallback)."""
     js = upstream.js
     try:
         return await js.key_value(bucket)
@@ -79,7 +82,7 @@ async def ensure_bucket(upstream: Upstream, bucket: str, *, ttl_markers: bool = 
             return await js.create_key_value(config)
         except KeyValueLimitMarkerTTLNotSupportedError:  # nats-server before 2.11
             log.warning("NATS has no per-message TTLs: entries of %s stay until deleted", bucket)
-    return await js.create_key_value(KeyValueConfig(bucket=bucket, history=1))
+    return await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, ttl=max_age))
 
 
 def _parse(user: str, raw: bytes | None) -> Capabilities:

@@ -131,6 +131,12 @@ def encode_kv_marker(bucket: str, marker: str, pattern: str) -> bytes:
     return encode(MsgFrame(target=f"kv:{bucket}", data=body, sub=pattern))
 
 
+def encode_presence(subject: str, op: str, user: str, conn: str, info: Raw) -> bytes:
+    """A presence ``msg``: ``op`` is ``join`` (a new member, or new info) or ``leave``."""
+    body = Raw(encode({"user": user, "conn": conn, "op": op, "info": info}))
+    return encode(MsgFrame(target=f"presence:{subject}", data=body))
+
+
 def encode_js(
     stream: str,
     seq: int,

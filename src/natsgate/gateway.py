@@ -19,6 +19,7 @@ from .auth import Passwords, Throttle, Verifier
 from .bridges.durable import DurableBridge
 from .bridges.jetstream import JsBridge
 from .bridges.kv import KvBridge
+from .bridges.presence import PresenceBridge
 from .capabilities import Reserved
 from .capstore import CapStore, ensure_bucket
 from .config import Config
@@ -47,6 +48,7 @@ class Gateway:
         self.kv = KvBridge(self.upstream)
         self.js = JsBridge(self.upstream)
         self.durables = DurableBridge(self.upstream, config)
+        self.presence = PresenceBridge(self.upstream, config)
         self.revocations = Revocations(self.upstream, config.auth_revoked_bucket)
         self.revocations.on_revoked = self._revoked
         # The identity provider's keys (JWT_JWKS_URL), beside HS256 tokens of JWT_SECRET
@@ -59,10 +61,11 @@ class Gateway:
             user_claim=config.jwt_user_claim,
         )
         # The gateway's own buckets: hashes and revocations never readable, capabilities
-        # only through a grant naming the bucket (contract section 7).
+        # only through a grant naming the bucket (contract section 7); presence members
+        # likewise: they are written by the gateway alone.
         self.reserved = Reserved(
             hidden=frozenset({config.auth_creds_bucket, config.auth_revoked_bucket}),
-            literal=frozenset({config.auth_bucket}),
+            literal=frozenset({config.auth_bucket, config.presence_bucket}),
             # the admin requests never, the audit trail only by a grant naming its prefix
             hidden_subjects=frozenset({ADMIN_PREFIX}),
             literal_subjects=frozenset({config.audit_prefix} - {""}),
@@ -156,6 +159,7 @@ class Gateway:
                 await self.revocations.start()
                 self.creds = await ensure_bucket(self.upstream, self.config.auth_creds_bucket)
                 await self.admin.start()
+                await self.presence.start()
             except Exception as exc:
                 log.warning("cannot set up the auth buckets yet: %r; retrying", exc)
                 await asyncio.sleep(1)
@@ -173,6 +177,7 @@ class Gateway:
             await asyncio.gather(
                 *(s.close(CloseCode.RESTART) for s in sessions), return_exceptions=True
             )
+        await self.presence.close()  # the closed sessions' leaves go out first
         await self.hub.close()
         await self.admin.close()
         await self.audit.close()

@@ -164,8 +164,47 @@ class Auth(_Op, tag="auth"):
     target: str | None = None
 
 
+class Join(_Op, tag="join"):
+    """Announce this connection on a literal subject; ``data`` is its info (any JSON)."""
+
+    target: str
+    data: Raw = Raw(b"")
+
+
+class Leave(_Op, tag="leave"):
+    target: str
+    data: Any = None
+
+
+class PresenceSub(_Op, tag="presence_sub"):
+    """The members of a literal subject: current ones, then joins and leaves."""
+
+    target: str
+    data: Any = None
+
+
+class PresenceUnsub(_Op, tag="presence_unsub"):
+    target: str
+    data: Any = None
+
+
 ClientOp = (
-    Sub | Unsub | Pub | Cmd | KvSub | KvUnsub | JsSub | JsUnsub | JsAck | JsDurables | Ping | Auth
+    Sub
+    | Unsub
+    | Pub
+    | Cmd
+    | KvSub
+    | KvUnsub
+    | JsSub
+    | JsUnsub
+    | JsAck
+    | JsDurables
+    | Ping
+    | Auth
+    | Join
+    | Leave
+    | PresenceSub
+    | PresenceUnsub
 )
 
 _decoder = msgspec.json.Decoder(ClientOp)
@@ -270,7 +309,7 @@ def _check_names(op: ClientOp) -> None:
     match op:
         case Sub() | Unsub():
             validate(op.target, wildcards=True)
-        case Pub() | Cmd():
+        case Pub() | Cmd() | Join() | Leave() | PresenceSub() | PresenceUnsub():
             validate(op.target, wildcards=False)
         case KvSub() | KvUnsub():
             if not BUCKET_RE.match(op.target):

@@ -28,7 +28,7 @@ from .capabilities import Capabilities
 from .capstore import CapStore
 from .errors import CloseCode, ErrorCode, ProtocolError
 from .metrics import Traffic
-from .ops import subs
+from .ops import presence, subs
 from .ops.context import Services
 from .outbox import Flusher, Outbox
 from .subscriptions import SubKey, Subscription
@@ -175,6 +175,7 @@ class Session:
         self.state = State.CLOSING
         self.outbox.close()
         subs.release_all(self)
+        self.gw.presence.leave_all(self.conn_id)  # its members leave now, everywhere
         self.gw.capstore.leave(self.user, self)
         if self._expiry is not None:
             self._expiry.cancel()
@@ -414,7 +415,7 @@ class Session:
         if self.state is not State.OPEN:
             return
         self.caps = caps
-        revoked = subs.revoke(self, caps)
+        revoked = subs.revoke(self, caps) + presence.revoke(self, caps)
         self.outbox.push(frames.encode_cap_update(caps.to_json(), revoked))
         if revoked:
             self.gw.audit.emit(AuditKind.REVOCATION, self.user, self.remote, revoked=revoked)

@@ -46,6 +46,8 @@ class Subscription:
                 return d
             case Kind.DURABLE:
                 return {"op": "js_sub", "target": self.target, "durable": self.pattern}
+            case Kind.PRESENCE:
+                return {"op": "presence_sub", "target": self.target}
 
 
 def feeds(subs: dict[SubKey, Subscription]) -> int:

@@ -28,6 +28,8 @@ from .subscriptions import (
     CoreSubscription,
     JsSubscription,
     KvSubscription,
+    Membership,
+    PresenceSubscription,
     Subscription,
     SubState,
 )
@@ -40,6 +42,7 @@ from .wire import (
     KvEvent,
     Message,
     NatsgateError,
+    PresenceEvent,
     ReconnectInfo,
 )
 
@@ -99,8 +102,11 @@ __all__ = [
     "JsSubscription",
     "KvEvent",
     "KvSubscription",
+    "Membership",
     "Message",
     "NatsgateError",
+    "PresenceEvent",
+    "PresenceSubscription",
     "ReconnectInfo",
     "SubState",
     "Subscription",

@@ -20,6 +20,8 @@ from .subscriptions import (
     Handler,
     JsSubscription,
     KvSubscription,
+    Membership,
+    PresenceSubscription,
     Subscription,
     SubState,
 )
@@ -31,6 +33,7 @@ from .wire import (
     Message,
     NatsgateError,
     Op,
+    PresenceEvent,
     decode_any,
     decode_durables,
     encode,
@@ -201,6 +204,25 @@ class Client(Connection):
             filter=filter,
         )
         return await self._add(sub)
+
+    async def join(self, subject: str, info: Any = None) -> Membership:
+        """Announce this connection on ``subject`` with ``info`` (JSON, at most 1 KiB);
+        returns once the gateway stored it. Joined again after each reconnect until
+        ``leave()``; ``update(info)`` changes the info everyone sees."""
+        return await self._add(Membership(self, subject, info))
+
+    async def update_join(self, membership: Membership, info: Any) -> None:
+        """New info for a joined subject (what ``membership.update(info)`` does)."""
+        membership.info = info
+        if membership.ended:
+            raise NatsgateError("closed", "left already", target=membership.target)
+        await self._request(membership.wire(), REQUEST_TIMEOUT)
+
+    async def presence(self, subject: str, handler: Handler[PresenceEvent]) -> PresenceSubscription:
+        """The members of ``subject``: those there already reach ``handler``
+        (``snapshot=True``) before this returns, then every join and leave;
+        ``sub.members`` is the list at any time."""
+        return await self._add(PresenceSubscription(self, subject, handler))
 
     async def js_ack(
         self,

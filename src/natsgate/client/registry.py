@@ -21,6 +21,8 @@ from .subscriptions import (
     CoreSubscription,
     JsSubscription,
     KvSubscription,
+    Membership,
+    PresenceSubscription,
     SubKey,
     SubState,
     matches,
@@ -36,10 +38,19 @@ from .wire import (
     decode_any,
     decode_js,
     decode_kv,
+    decode_presence,
     payload,
 )
 
-S = TypeVar("S", CoreSubscription, KvSubscription, JsSubscription, DurableSubscription)
+S = TypeVar(
+    "S",
+    CoreSubscription,
+    KvSubscription,
+    JsSubscription,
+    DurableSubscription,
+    Membership,
+    PresenceSubscription,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +73,7 @@ class Registry:
         self._kv: dict[str, list[KvSubscription]] = {}
         self._js: dict[str, list[JsSubscription]] = {}  # not durables
         self._durables: dict[tuple[str, str], DurableSubscription] = {}  # (stream, name)
+        self._presence: dict[str, PresenceSubscription] = {}  # by subject
 
     def __iter__(self) -> Iterator[AnySubscription]:
         return iter(list(self._all.values()))
@@ -87,6 +99,10 @@ class Registry:
             self._js.setdefault(sub.target, []).append(sub)
         elif isinstance(sub, KvSubscription):
             self._kv.setdefault(sub.target, []).append(sub)
+        elif isinstance(sub, PresenceSubscription):
+            self._presence[sub.target] = sub
+        elif isinstance(sub, Membership):
+            pass  # gets no messages
         else:
             self._core[sub.target] = sub
         self._all[sub.key] = sub
@@ -104,6 +120,10 @@ class Registry:
                 del self._kv[sub.target]
         elif isinstance(sub, DurableSubscription):
             del self._durables[(sub.target, sub.durable)]
+        elif isinstance(sub, PresenceSubscription):
+            del self._presence[sub.target]
+        elif isinstance(sub, Membership):
+            pass
         else:
             self._js[sub.target].remove(sub)
             if not self._js[sub.target]:
@@ -117,6 +137,7 @@ class Registry:
         self._kv.clear()
         self._js.clear()
         self._durables.clear()
+        self._presence.clear()
 
     def durable(self, stream: str, name: str) -> DurableSubscription | None:
         return self._durables.get((stream, name))
@@ -145,6 +166,8 @@ class Registry:
                         for (stream, _), d in self._durables.items()
                         if stream == r.target and d.filter == r.filter
                     ]
+            elif r.op in ("join", "presence_sub"):
+                key = (r.op, r.target, "")
             else:
                 key = ("sub", r.target, "")
             described.append(item)
@@ -167,6 +190,11 @@ class Registry:
             kv = self._kv.get(target[3:])
             if kv:
                 return self._route_kv(kv, env)
+        elif target.startswith("presence:"):
+            presence = self._presence.get(target[9:])
+            if presence is not None:
+                presence._take(decode_presence(env.data))
+            return
         elif target.startswith("js:"):
             if env.durable is not None:  # only JetStream frames name a durable
                 durable = self._durables.get((target[3:], env.durable))

@@ -20,11 +20,11 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from ..subjects import match
-from .wire import JsMessage, KvEvent, KvWire, Message, NatsgateError, Op
+from .wire import JsMessage, KvEvent, KvWire, Message, NatsgateError, Op, PresenceEvent
 
 log = logging.getLogger("natsgate.client")
 
-M = TypeVar("M", Message, KvEvent, JsMessage)
+M = TypeVar("M", Message, KvEvent, JsMessage, PresenceEvent)
 Handler = Callable[[M], object]  # may return an awaitable (async def)
 SubKey = tuple[str, str, str]  # (op, target, pattern or filter)
 
@@ -322,7 +322,79 @@ class JsSubscription(Subscription[JsMessage]):
         return True
 
 
-AnySubscription = CoreSubscription | KvSubscription | JsSubscription
+class JoinOwner(Owner, Protocol):
+    async def update_join(self, membership: Membership, info: Any) -> None: ...
+
+
+class Membership(Subscription[PresenceEvent]):
+    """This connection announced on ``target`` (``join``); sent again after every
+    reconnect, with the latest info, until :meth:`leave`."""
+
+    op = "join"
+    unop = "leave"
+
+    def __init__(self, client: JoinOwner, subject: str, info: Any) -> None:
+        super().__init__(client, subject, "", lambda _: None)
+        self.info = info
+        self._owner = client
+
+    def wire(self) -> Op:
+        return Op(self.op, target=self.target, data=self.info)
+
+    async def leave(self) -> None:
+        await self._client.unsubscribe(self)
+
+    async def update(self, info: Any) -> None:
+        """Change the info; returns once the gateway stored it."""
+        await self._owner.update_join(self, info)
+
+
+class PresenceSubscription(Subscription[PresenceEvent]):
+    """The members of subject ``target``: ``members`` (by connection id) is the list now;
+    the handler gets each join (``snapshot`` for those there already) and leave. After a
+    reconnect the list is read again and only what changed meanwhile reaches the handler
+    (a leave for each member gone, a join for each new one)."""
+
+    op = "presence_sub"
+    unop = "presence_unsub"
+
+    def __init__(self, client: Owner, subject: str, handler: Handler[PresenceEvent]) -> None:
+        super().__init__(client, subject, "", handler)
+        self.members: dict[str, PresenceEvent] = {}
+        self._before: dict[str, PresenceEvent] | None = None  # while the list is re-read
+
+    def _resending(self) -> None:
+        super()._resending()
+        if self._before is None:
+            self._before = self.members
+        self.members = {}
+
+    def _on_reply(self, data: dict[str, Any]) -> None:
+        super()._on_reply(data)
+        before, self._before = self._before, None
+        for gone in (before or {}).values():
+            self._deliver(PresenceEvent("leave", gone.user, gone.conn, gone.info))
+
+    def _take(self, ev: PresenceEvent) -> None:
+        if self.ended:
+            return
+        ev.snapshot = self.state is SubState.SUBSCRIBING
+        if ev.op == "leave":
+            known = self.members.pop(ev.conn, None)
+            if known is not None:
+                self._deliver(ev)
+            return
+        known = self.members.get(ev.conn)
+        if known is None and self._before is not None:
+            known = self._before.pop(ev.conn, None)
+        self.members[ev.conn] = ev
+        if known is None or known.info != ev.info or known.user != ev.user:
+            self._deliver(ev)
+
+
+AnySubscription = (
+    CoreSubscription | KvSubscription | JsSubscription | Membership | PresenceSubscription
+)
 
 __all__ = [
     "AnySubscription",
@@ -330,7 +402,9 @@ __all__ = [
     "Handler",
     "JsSubscription",
     "KvSubscription",
+    "Membership",
     "Owner",
+    "PresenceSubscription",
     "SubState",
     "Subscription",
 ]

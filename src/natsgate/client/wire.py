@@ -83,6 +83,18 @@ class KvEvent(Struct):
     pattern: str = ""
 
 
+class PresenceEvent(Struct):
+    """A member of a subject joining (or changing its info) or leaving. ``conn`` names
+    the connection (one user may be there on several); ``snapshot`` is true for the
+    members already there when the list was (re)read."""
+
+    op: str  # join or leave
+    user: str = ""
+    conn: str = ""
+    info: Any = None
+    snapshot: bool = False
+
+
 class Acks(Protocol):
     """Where a message's acknowledgement goes: the binding of the durable it came on."""
 
@@ -238,6 +250,7 @@ decode_js = msgspec.json.Decoder(JsWire).decode
 decode_error_body = msgspec.json.Decoder(ErrorBody).decode
 decode_cap_update = msgspec.json.Decoder(CapUpdateWire).decode
 decode_durables = msgspec.json.Decoder(DurablesWire).decode
+decode_presence = msgspec.json.Decoder(PresenceEvent).decode
 
 B64 = "base64"
 

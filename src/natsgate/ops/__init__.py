@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .. import protocol as p
-from . import connection, core, jetstream, kv
+from . import connection, core, jetstream, kv, presence
 from .context import Conn, Services
 
 Handler = Callable[[Conn, Any], Awaitable[None]]
@@ -30,6 +30,10 @@ HANDLERS: dict[type[p.ClientOp], Handler] = {
     p.JsDurables: jetstream.js_durables,
     p.Ping: connection.ping,
     p.Auth: connection.auth,
+    p.Join: presence.join,
+    p.Leave: presence.leave,
+    p.PresenceSub: presence.presence_sub,
+    p.PresenceUnsub: presence.presence_unsub,
 }
 
 

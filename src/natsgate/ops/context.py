@@ -13,6 +13,7 @@ from ..auth import Identity, Verifier
 from ..bridges.durable import DurableBridge
 from ..bridges.jetstream import JsBridge
 from ..bridges.kv import KvBridge
+from ..bridges.presence import PresenceBridge
 from ..capabilities import Capabilities, Reserved
 from ..config import Config
 from ..errors import ErrorCode, ProtocolError
@@ -46,6 +47,8 @@ class Services(Protocol):
     @property
     def revocations(self) -> Revocations: ...
     @property
+    def presence(self) -> PresenceBridge: ...
+    @property
     def verifier(self) -> Verifier: ...
 
 
@@ -54,6 +57,8 @@ class Conn(Protocol):
 
     @property
     def user(self) -> str: ...
+    @property
+    def conn_id(self) -> str: ...
     @property
     def caps(self) -> Capabilities: ...
     @property

@@ -22,7 +22,12 @@ Opener = Callable[[], Awaitable[tuple[Feed, list[str]]]]
 
 
 async def open_feed(
-    conn: Conn, op: p.KvSub | p.JsSub, kind: Kind, key: str, pattern: str, opener: Opener
+    conn: Conn,
+    op: p.KvSub | p.JsSub | p.PresenceSub,
+    kind: Kind,
+    key: str,
+    pattern: str,
+    opener: Opener,
 ) -> None:
     """``key`` tells this subscription from others of the same target (the KV pattern, the
     filter, a durable's name); ``pattern`` is what the grant must cover ("" for a whole

@@ -5,6 +5,12 @@ is down or a second NATS named on every answer."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
+import pty
+import subprocess
+import sys
+import termios
 import time
 from pathlib import Path
 from typing import Any
@@ -136,3 +142,54 @@ def test_nats_down_fails_fast_with_one_line(url: str) -> None:
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("natsgate: cannot connect to NATS at")
         assert "Traceback" not in r.stderr and took < 20, (argv, took)
+
+
+def _at_a_terminal(argv: list[str], env: dict[str, str], answers: list[str]) -> Any:
+    """Run the CLI with a pseudo-terminal as its controlling terminal and standard input,
+    answering each prompt (getpass flushes typed-ahead input, so one at a time)."""
+    master, slave = pty.openpty()
+
+    def own_terminal() -> None:
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "natsgate", *argv],
+        env={**os.environ, **env},
+        stdin=slave,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=own_terminal,
+        cwd="/tmp",
+    )
+    os.close(slave)
+    seen = b""
+    try:
+        for prompt, answer in zip(("password for", "again:"), answers, strict=False):
+            deadline = time.monotonic() + 10 * T
+            while prompt.encode() not in seen:
+                assert time.monotonic() < deadline, seen
+                seen += os.read(master, 1024)
+            seen = b""
+            os.write(master, answer.encode() + b"\n")
+        out, err = proc.communicate(timeout=30)
+    finally:
+        os.close(master)
+    return proc.returncode, out, err
+
+
+async def test_password_at_a_terminal_is_asked_twice(gateway_proc: dict[str, Any]) -> None:
+    env = {k: gateway_proc["env"][k] for k in KEYS}
+    port = gateway_proc["port"]
+    await wait_healthy(port)
+    code, out, err = await asyncio.to_thread(
+        _at_a_terminal, ["user", "add", "ola"], env, ["pw-ola", "pw-ola"]
+    )
+    assert code == 0 and "user ola added" in out, err
+    assert await login(port, "ola", "pw-ola") == 200
+    code, out, err = await asyncio.to_thread(
+        _at_a_terminal, ["user", "passwd", "ola"], env, ["new-1", "new-2"]
+    )
+    assert code == 2 and "the two passwords differ" in err
+    assert await login(port, "ola", "pw-ola") == 200  # unchanged

@@ -99,9 +99,17 @@ class _Buckets:
 
 
 def _password(args: argparse.Namespace) -> str | None:
+    """One line from standard input; at a terminal, asked for twice without echo."""
     if args.action not in ("add", "passwd"):
         return None
-    return sys.stdin.readline().rstrip("\n")
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\n")
+    import getpass
+
+    first = getpass.getpass(f"password for {args.id}: ")
+    if first and getpass.getpass("again: ") != first:
+        raise ConfigError("the two passwords differ")
+    return first
 
 
 def cmd_user(args: argparse.Namespace) -> int:
@@ -112,7 +120,10 @@ def cmd_user(args: argparse.Namespace) -> int:
         caps = read_caps(args.caps) if getattr(args, "caps", None) else None
     except ConfigError as exc:
         return fail(str(exc))
-    password = _password(args)
+    try:
+        password = _password(args)
+    except ConfigError as exc:
+        return fail(str(exc))
     if password == "":
         return fail("give the password on standard input")
 

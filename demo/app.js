@@ -5,6 +5,8 @@
 //   js/format.js    text for people: times, failures, payloads
 //   js/feed.js      a card's subscription, kept open while the capabilities allow it
 //   js/chat.js      chat: JetStream stream CHAT, subject chat.room.lobby (history, live, resume)
+//   js/online.js    who is online in the room: presence (join chat.room.lobby, its members)
+//   js/typing.js    "… is typing": publish/subscribe on chat.typing.lobby, throttled, expiring
 //   js/todos.js     todos: commands svc.todos.add|toggle|delete; state read back ONLY from
 //                   the KV watch on bucket "todos", keys user.<me>.>
 //   js/notify.js    notifications: stream NOTIFY, subject notify.<me>, through the durable

@@ -15,6 +15,7 @@ const CAP_SECTIONS = [
   ["commands", "Commands"],
   ["buckets", "KV buckets"],
   ["streams", "Streams"],
+  ["presence", "Presence"],
 ];
 
 /**
@@ -77,10 +78,12 @@ export function capsWidget() {
       /** @type {Set<string>} */
       const added = new Set();
       /** @type {Array<[kind: string, what: string]>} what this update took away */
-      const lost = ended.map((sub) => [
-        "Feed stopped",
-        `${sub.kind === "sub" ? "" : `${sub.target} `}${sub.pattern ?? sub.target}`,
-      ]);
+      const lost = ended.map((sub) => {
+        if (sub.kind === "join") return ["Left", sub.target]; // no longer shown as online there
+        if (sub.kind === "presence") return ["Online list stopped", sub.target];
+        if (sub.kind === "sub") return ["Subscription ended", sub.target];
+        return ["Feed stopped", `${sub.target} ${sub.pattern ?? ""}`.trim()]; // a card's stream or bucket
+      });
       if (previous) {
         for (const [field, title] of CAP_SECTIONS) {
           for (const key of previous) {

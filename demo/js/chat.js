@@ -1,44 +1,30 @@
 // chat.js: the chat card. JetStream stream CHAT, subject chat.room.lobby: the last HISTORY
 // lines when the page opens, then live; after a revocation and a new grant it resumes where
-// it stopped. The sender is the header the gateway sets (contract §3), never the payload.
+// it stopped. The sender is the header the gateway sets (docs/protocol.md), never the payload.
 
 import { coveredByAny } from "/natsgate.js";
 import { $, h, say } from "./dom.js";
 import { feed } from "./feed.js";
-import { describe, payloadText, stamp } from "./format.js";
+import { describe, payloadText, senderOf, stamp } from "./format.js";
 
 /** @typedef {import("/natsgate.js").NatsgateClient} NatsgateClient */
-/** @typedef {import("/natsgate.js").Headers} Headers */
 /** @typedef {import("/natsgate.js").JsMessage} JsMessage */
 /** @typedef {import("/natsgate.js").JsOptions} JsOptions */
 /** @typedef {import("./feed.js").Feed} Feed */
 
-const ROOM = "chat.room.lobby";
+export const ROOM = "chat.room.lobby";
 const STREAM = "CHAT";
 const HISTORY = 100; // chat lines loaded when the page opens
-const USER_HEADER = "natsgate-user"; // set by the gateway alone (contract §3)
 const RUN_MS = 300_000; // a run of lines from one sender within this shows the sender once
-
-/**
- * A header's first value, by case-insensitive name.
- * @param {Headers | undefined} headers
- * @param {string} name lower case
- */
-function header(headers, name) {
-  if (!headers) return undefined;
-  for (const [key, value] of Object.entries(headers)) {
-    if (key.toLowerCase() === name) return Array.isArray(value) ? value[0] : value;
-  }
-  return undefined;
-}
 
 /**
  * @param {NatsgateClient} client
  * @param {string} me the signed-in user
  * @param {{chatDuplicates: number}} stats counted for the browser tests
+ * @param {(sender: string) => void} [onLine] told who sent each new line (their typing ended)
  * @returns {Feed}
  */
-export function chatWidget(client, me, stats) {
+export function chatWidget(client, me, stats, onLine) {
   const list = $("chat-lines");
   const empty = $("chat-empty");
   const error = $("chat-error");
@@ -53,7 +39,8 @@ export function chatWidget(client, me, stats) {
       stats.chatDuplicates += 1; // the library promises none; the tests check this stays 0
       return;
     }
-    const sender = header(m.headers, USER_HEADER);
+    const sender = senderOf(m.headers);
+    if (sender) onLine?.(sender);
     const when = m.time ? new Date(m.time) : new Date();
     const li = h(
       "li",

@@ -26,19 +26,22 @@ const SUB_PILLS = {
  * A feed the page keeps open while the capabilities allow it: opened on the first
  * cap_update, re-opened if a later one grants it again after a revocation. The gateway
  * decides; `allowed` only predicts, so that a feed is not asked for when it would be refused.
- * @param {{name: string, pill: HTMLElement, allowed: (caps: Caps) => boolean,
+ * The state is shown by the pill (if any) and set as `data-feed` on `card` (default: the card
+ * the pill is in).
+ * @param {{name: string, pill?: HTMLElement, card?: Element, allowed: (caps: Caps) => boolean,
  *   open: () => Subscription | Promise<Subscription>}} spec
  * @returns {Feed}
  */
-export function feed({ name, pill, allowed, open }) {
+export function feed({ name, pill, card = pill?.closest(".card") ?? undefined, allowed, open }) {
   /** @type {Subscription | null} */
   let sub = null;
   let opening = false;
-  const card = pill.closest(".card");
   /** @param {string} state @param {string} text */
   const setPill = (state, text) => {
-    pill.dataset.state = state;
-    pill.textContent = text;
+    if (pill) {
+      pill.dataset.state = state;
+      pill.textContent = text;
+    }
     if (card instanceof HTMLElement) card.dataset.feed = state;
   };
   return {

@@ -3,6 +3,24 @@
 import { NatsgateError } from "/natsgate.js";
 
 /** @typedef {import("/natsgate.js").ErrorCode} ErrorCode */
+/** @typedef {import("/natsgate.js").Headers} Headers */
+
+const USER_HEADER = "natsgate-user"; // set by the gateway alone (docs/protocol.md)
+
+/**
+ * Who sent a message through the gateway: its `Natsgate-User` header (any case), which the
+ * gateway sets on every `pub` and `cmd`. Never the payload: a user could write anything there.
+ * Undefined for a message published straight to NATS.
+ * @param {Headers | undefined} headers
+ * @returns {string | undefined}
+ */
+export function senderOf(headers) {
+  if (!headers) return undefined;
+  for (const [key, value] of Object.entries(headers)) {
+    if (key.toLowerCase() === USER_HEADER) return Array.isArray(value) ? value[0] : value;
+  }
+  return undefined;
+}
 
 /**
  * "14:05:09".

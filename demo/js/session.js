@@ -1,5 +1,6 @@
 // session.js: one signed-in session — a fresh copy of the app's markup, one client
-// (one WebSocket), the five cards wired to it, and the connection badge. Also the debug
+// (one WebSocket), the five cards wired to it (the chat with who is online and who is
+// typing), and the connection badge. Also the debug
 // handle `natsgateDemo` that the browser tests (and curious people in devtools) read.
 
 import { connect } from "/natsgate.js";
@@ -9,7 +10,9 @@ import { commandWidget } from "./commands.js";
 import { $, h, toast } from "./dom.js";
 import { describe } from "./format.js";
 import { notifyWidget } from "./notify.js";
+import { onlineWidget } from "./online.js";
 import { todoWidget } from "./todos.js";
+import { typingWidget } from "./typing.js";
 
 /** @typedef {import("/natsgate.js").NatsgateClient} NatsgateClient */
 /** @typedef {import("/natsgate.js").ClientState} ClientState */
@@ -87,7 +90,14 @@ export function startSession(me, { signInAgain }) {
   });
   client.on("error", (err) => toast(describe(err)));
 
-  const feeds = [chatWidget(client, me, stats), todoWidget(client, me), notifyWidget(client, me)];
+  const typing = typingWidget(client, me);
+  const feeds = [
+    chatWidget(client, me, stats, typing.stopped), // a line ends its sender's typing
+    onlineWidget(client, me, typing.stopped), // so does going offline
+    typing,
+    todoWidget(client, me),
+    notifyWidget(client, me),
+  ];
   commandWidget(client);
   const caps = capsWidget();
   client.on("cap_update", (update) => {

@@ -4,7 +4,8 @@ Users ``alice`` and ``bob``; streams ``CHAT`` and ``NOTIFY`` (each user's notifi
 ``notify.<user>``, read through a durable: docs/protocol.md, "Durable subscriptions and
 acknowledgements"); bucket ``todos``; services ``svc.echo`` (the request payload back,
 unchanged) and ``svc.todos.*`` (writes the caller's todos, trusting the gateway's
-``Natsgate-User`` header).
+``Natsgate-User`` header). The chat room's page joins its presence (who is online) and
+says who is typing on ``chat.typing.<room>``, plain publish/subscribe that no stream keeps.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ NOTIFY_MAX_PER_USER = 1_000  # messages kept per notify.<user> subject
 
 def demo_caps(user: str) -> dict[str, Any]:
     return {
+        # chat.> covers the rooms, their presence (read) and chat.typing.<room>
         "subjects": ["chat.>"],
         # anyone with this grant may notify the user: the stream stores a plain publish
         "publish": ["chat.>", f"notify.{user}"],
@@ -43,6 +45,8 @@ def demo_caps(user: str) -> dict[str, Any]:
         "buckets": {DEMO_BUCKET: [f"user.{user}.>"]},
         # one's own notifications only: a durable's filter must be covered by the grant
         "streams": {"CHAT": ["chat.room.*"], NOTIFY_STREAM: [f"notify.{user}"]},
+        # joining a room's presence: shown as online there
+        "presence": ["chat.room.*"],
     }
 
 

@@ -15,7 +15,8 @@ holding every WebSocket (``--members`` of them, users ``p0``..``p9`` granted
 3. ``--readers`` connections ``presence_sub`` afterwards: each must get exactly
    ``--members`` current members before its reply;
 4. every connection sends ``leave`` at once; the same times, until every watcher has seen
-   every leave.
+   every leave;
+5. ``--alone`` connections join, then leave, one at a time: each op's own round trip.
 
 NATS operations are counted two ways during steps 2 and 4: a spy subscription on
 ``$KV.<bucket>.>`` (the bucket writes themselves: joins, refreshes, purges) and the
@@ -180,7 +181,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     argv = [*natsgate_argv(), "serve", "--host", "127.0.0.1", "--port", str(port)]
     gw = Server("natsgate", [*argv, "--log", "warn"], work / "natsgate.log", env, work)
     conns: list[Conn] = []
-    session = aiohttp.ClientSession()
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))  # no pool cap
     nc = await nats.connect(server.url)
     try:
         await wait_for_line(gw, r"natsgate listening on", 1, 30)
@@ -218,6 +219,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         listed = [r.members_before_reply for r in readers]
         assert all(n == args.members for n in listed), sorted(set(map(str, listed)))
         left = await phase(conns, watchers, "leave", "leaves", server.monitor_url, writes)
+        # one at a time: a join's and a leave's own round trip on a quiet gateway
+        alone = conns[: args.alone]
+        one_join = [await c.op("join", {"n": i}) for i, c in enumerate(alone)]
+        one_leave = [await c.op("leave") for c in alone]
         return {
             "machine": machine(),
             "members": args.members,
@@ -229,6 +234,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "all_listed_s": round(read_s, 3),
             },
             "leave": left,
+            "one_at_a_time": {
+                "ops": len(alone),
+                "presence_subs_open": args.watchers + args.readers,
+                "join_round_trip": ms(one_join),
+                "leave_round_trip": ms(one_leave),
+            },
             "refresh_writes_per_s": round(args.members / 10, 1),  # every PRESENCE_TTL / 3
         }
     finally:
@@ -247,6 +258,7 @@ def main() -> int:
     ap.add_argument("--members", type=int, default=1000)
     ap.add_argument("--watchers", type=int, default=10)
     ap.add_argument("--readers", type=int, default=100)
+    ap.add_argument("--alone", type=int, default=100, help="joins/leaves one at a time")
     args = ap.parse_args()
     result = asyncio.run(run(args))
     print(json.dumps(result, indent=2))

@@ -287,3 +287,21 @@ async def test_a_slow_join_does_not_outlive_its_connection(make_gw: Any) -> None
     assert [e for e in list(late.inbox) if e["op"] == "msg"] == []
     for x in (watcher, late):
         await x.close()
+
+
+async def test_the_refresh_keeps_members_past_their_ttl(make_gw: Any) -> None:
+    """PRESENCE_TTL 1 s: each key would expire a second after its last write; the one
+    refresh loop writes it every third of that, so nobody leaves."""
+    gw = await make_gw(presence_bucket=unique("pres_"), presence_ttl_s=1)
+    room, user = unique("room."), unique("u")
+    c = await member(gw, user, grant(room))
+    await c.ok("join", room)
+    await c.ok("presence_sub", room)
+    await pmsg(c, "join", user)
+    assert [e for e in await c.quiet(3.5) if e["op"] == "msg"] == []  # no leave, no join
+    late = await member(gw, unique("late"), {"subjects": [room]})
+    await late.ok("presence_sub", room)
+    assert [e["data"]["user"] for e in list(late.inbox) if e["op"] == "msg"] == [user]
+    await c.close()
+    await pmsg(late, "leave", user)
+    await late.close()

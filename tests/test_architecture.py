@@ -21,6 +21,7 @@ PURE = (
     "frames",
     "capabilities",
     "kvmsg",
+    "members",
     "addresses",
     "handshake",
     "wsframe",

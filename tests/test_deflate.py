@@ -301,3 +301,14 @@ def test_compression_is_shared_by_settings() -> None:
     assert df.compression(None, "on", 0) is None
     small = df.compression(hs.Deflate(10, True), "on", 0)
     assert small is not None and small.deflater is not on.deflater
+
+
+def test_an_unfinished_compressed_message_counts_its_inflater() -> None:
+    """A first fragment that inflates to nothing still holds zlib's state: it counts, so
+    the input budget and the message clock see it."""
+    reader = wf.FrameReader(max_size=1 << 20, inflate=True)
+    body = client_deflate(b"hello " * 100)
+    assert reader.feed(client_frame(wf.OP_TEXT, body[:1], fin=False, rsv=wf.RSV1)) == []
+    assert reader.held >= wf.INFLATER_BYTES
+    assert reader.feed(client_frame(wf.OP_CONT, body[1:])) == [(wf.OP_TEXT, b"hello " * 100)]
+    assert reader.held == 0

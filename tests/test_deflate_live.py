@@ -11,12 +11,15 @@ import os
 import zlib
 from typing import Any
 
+import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from natsgate import deflate as df
+from natsgate import wsconn
 from natsgate import wsframe as wf
 from natsgate.auth import mint_token
+from natsgate.wsconn import PARTIAL_INPUT
 from tests.conftest import SECRET, Gw, unique
 from tests.helpers import T, eventually
 from tests.test_wsframe import client_frame
@@ -225,3 +228,20 @@ async def test_a_fan_out_is_deflated_once_for_every_socket(gw: Gw, nc: NATS) -> 
     assert 1 <= made <= 3 and d.hits - hits >= 30 * made - made
     for c in clients:
         c.close()
+
+
+async def test_an_unfinished_compressed_message_is_timed_and_budgeted(
+    gw: Gw, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One byte of deflate data holds an inflater: the budget counts it and the message
+    clock runs, then 1013; the budget gets it all back."""
+    monkeypatch.setattr(wsconn, "MESSAGE_TIMEOUT_S", 0.3)
+    base = PARTIAL_INPUT.used
+    c = await subscribed(gw, unique("s"))
+    z = zlib.compressobj(6, zlib.DEFLATED, -15)
+    body = z.compress(b'{"op":"ping","inbox":"x"}') + z.flush(zlib.Z_SYNC_FLUSH)
+    c.writer.write(client_frame(wf.OP_TEXT, body[:1], fin=False, rsv=wf.RSV1))
+    await eventually(lambda: PARTIAL_INPUT.used >= base + wf.INFLATER_BYTES, timeout=T)
+    assert await c.close_code() == 1013
+    await eventually(lambda: PARTIAL_INPUT.used == base, timeout=T)
+    c.close()

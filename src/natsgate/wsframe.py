@@ -34,6 +34,9 @@ _UTF8 = codecs.getincrementaldecoder("utf-8")
 _CLOSED = b""  # FrameReader._buf once a close frame or an error ended the input
 TAIL = b"\x00\x00\xff\xff"  # what a deflated message's sender strips (RFC 7692 §7.2.1)
 RSV1 = 0x40
+# what zlib holds while a compressed message is unfinished (a 32 KiB window and its state):
+# counted in ``held``, so the input budget and the message clock cover it too
+INFLATER_BYTES = 40 << 10
 
 PROTOCOL_ERROR = CloseCode.PROTOCOL_ERROR
 INVALID_DATA = CloseCode.INVALID_DATA
@@ -139,9 +142,11 @@ class FrameReader:
 
     @property
     def held(self) -> int:
-        """Bytes of unfinished input held: an incomplete frame plus the fragments so far."""
+        """Bytes of unfinished input held: an incomplete frame plus the fragments so far
+        (and an inflater's state, while a compressed message is unfinished)."""
         buf, frag = self._buf, self._frag
-        return (0 if buf is None else len(buf)) + (0 if frag is None else len(frag))
+        held = (0 if buf is None else len(buf)) + (0 if frag is None else len(frag))
+        return held if self._z is None else held + INFLATER_BYTES
 
     def discard(self) -> None:
         """Drop whatever is held; nothing fed from now on counts (the connection ends)."""

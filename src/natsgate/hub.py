@@ -12,10 +12,9 @@ import logging
 from collections.abc import Callable
 from typing import Protocol
 
-from nats.aio.client import Client
-from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from .directsub import Client
 from .frames import encode_msg
 from .upstream import flush
 
@@ -41,13 +40,13 @@ class _Entry:
         self.sub: Subscription | None = None
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-    async def on_msg(self, msg: Msg) -> None:
-        subject = msg.subject
+    def on_msg(self, subject: str, data: bytes, headers: dict[str, str] | None) -> None:
+        """Called from the NATS client's reader (a direct subscription): never awaits."""
         if self.private_filter and subject.startswith(_PRIVATE_FIRST):
             return
         if self.skip and subject.startswith(self.skip):
             return
-        frame = encode_msg(subject, msg.data, sub=self.pattern, headers=msg.headers)
+        frame = encode_msg(subject, data, sub=self.pattern, headers=headers)
         for receiver in self.receivers:
             receiver.push(frame)
 
@@ -82,7 +81,7 @@ class Hub:
             entry.receivers[receiver] = None
             try:
                 nc = self._nc()
-                entry.sub = await nc.subscribe(pattern, cb=entry.on_msg)
+                entry.sub = await nc.subscribe_direct(pattern, entry.on_msg)
                 await flush(nc, self._flush_timeout)
             except BaseException as exc:
                 if isinstance(exc, asyncio.CancelledError):
@@ -118,14 +117,14 @@ class Hub:
         sub = entry.sub
         entry.sub = None
         if sub is not None:
-            task = asyncio.create_task(self._unsubscribe(sub))
+            task = asyncio.create_task(self._unsubscribe(self._nc(), sub))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     @staticmethod
-    async def _unsubscribe(sub: Subscription) -> None:
+    async def _unsubscribe(nc: Client, sub: Subscription) -> None:
         try:
-            await sub.unsubscribe()
+            await nc.unsubscribe_direct(sub)
         except Exception as exc:  # connection closed or reconnecting: nothing left to free
             log.debug("unsubscribe %s: %r", sub.subject, exc)
 

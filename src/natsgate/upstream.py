@@ -11,12 +11,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
-import nats
 from nats.aio.client import Client, RawCredentials
 from nats.js import JetStreamContext
 
 from .config import Config
+from .directsub import Client as DirectClient
 from .metrics import Metrics
 
 log = logging.getLogger("natsgate.nats")
@@ -55,7 +56,7 @@ async def flush(nc: Client, within: float = 5.0) -> None:
     await nc.flush(timeout=within)  # type: ignore[arg-type]
 
 
-def credentials(c: Config) -> dict[str, object]:
+def credentials(c: Config) -> dict[str, Any]:
     """nats-py options for NATS_CREDS, or NATS_JWT + NATS_NKEY (contract §6), or
     NATS_USER + NATS_PASSWORD (the embedded server's one user, contract §7)."""
     if c.nats_creds:
@@ -71,7 +72,7 @@ class Upstream:
     def __init__(self, config: Config, metrics: Metrics) -> None:
         self.config = config
         self.metrics = metrics
-        self.nc: Client = Client()
+        self.nc: DirectClient = DirectClient()
         self._js: JetStreamContext | None = None
         self._ready = asyncio.Event()
         self._on_reconnect: list[Listener] = []
@@ -132,7 +133,8 @@ class Upstream:
         """One connection attempt with the configured credentials and no retries, for
         short-lived commands (``natsgate user``)."""
         c = self.config
-        self.nc = await nats.connect(
+        nc = DirectClient()
+        await nc.connect(
             servers=list(c.nats_urls),
             name=f"{c.nats_name}-cli",
             connect_timeout=3,
@@ -140,21 +142,23 @@ class Upstream:
             # nats-py 2.16 retries a refused server forever with 0 (it only counts above
             # 0); with 1 it tries twice and gives up, so a server that is down fails fast
             max_reconnect_attempts=1,
-            reconnect_time_wait=0.2,
+            reconnect_time_wait=0.2,  # type: ignore[arg-type]  # seconds; nats-py says int
             **credentials(c),
         )
+        self.nc = nc
         self._js = self.nc.jetstream()
         self._ready.set()
 
     async def _connect(self) -> None:
         c = self.config
         opts = credentials(c)
-        self.nc = await nats.connect(
+        nc = DirectClient()
+        await nc.connect(
             servers=list(c.nats_urls),
             name=c.nats_name,
             allow_reconnect=True,
             max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
+            reconnect_time_wait=0.5,  # type: ignore[arg-type]  # seconds; nats-py says int
             connect_timeout=2,
             ping_interval=5,
             max_outstanding_pings=3,
@@ -164,6 +168,7 @@ class Upstream:
             closed_cb=self._closed,
             **opts,
         )
+        self.nc = nc
 
     async def _disconnected(self) -> None:
         if self._closing:

@@ -1,0 +1,88 @@
+"""nats-py's client, with subscriptions whose messages are handed over as they are read.
+
+nats-py gives every subscription with a callback a queue and a task: each message is
+put on the queue, the task wakes, takes it and awaits the callback. For the hub, whose
+callback only encodes a frame and appends it to outboxes (it never awaits), that costs
+about half the CPU of taking a message from NATS (4.4 vs 2.3 µs per message on 1,000
+distinct subjects, measured here with nats-py 2.16). A *direct* subscription skips both:
+the message goes to a plain function from nats-py's reader, in the order it was read.
+
+This overrides nats-py's private ``Client._process_msg``. Where its signature is not the
+one this was written against, :func:`supported` is false and direct subscriptions fall
+back to nats-py's callbacks (the same messages, the slower way).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+log = logging.getLogger("natsgate.directsub")
+
+# subject, payload, headers (None when the message has none)
+Deliver = Callable[[str, bytes, dict[str, str] | None], None]
+
+_EXPECTED = ("self", "sid", "subject", "reply", "data", "headers")
+
+
+def supported() -> bool:
+    """Whether this nats-py has the private hook, as this module knows it."""
+    hook = getattr(NatsClient, "_process_msg", None)
+    if hook is None or not inspect.iscoroutinefunction(hook):
+        return False
+    if not inspect.iscoroutinefunction(getattr(NatsClient, "_process_headers", None)):
+        return False
+    return tuple(inspect.signature(hook).parameters) == _EXPECTED
+
+
+SUPPORTED = supported()
+
+
+class Client(NatsClient):
+    """A nats-py client that can also make direct subscriptions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._direct: dict[int, Deliver] = {}
+
+    async def subscribe_direct(
+        self, subject: str, deliver: Deliver, *, fallback: bool = not SUPPORTED
+    ) -> Subscription:
+        """Subscribe; ``deliver`` is called for each message, synchronously, and must not
+        raise (what it raises is logged and the message dropped)."""
+        if fallback:
+
+            async def cb(msg: Msg) -> None:
+                deliver(msg.subject, msg.data, msg.headers)
+
+            return await self.subscribe(subject, cb=cb)
+        sub = await self.subscribe(subject)  # no callback: nats-py starts no task for it
+        self._direct[sub._id] = deliver
+        return sub
+
+    async def unsubscribe_direct(self, sub: Subscription) -> None:
+        self._direct.pop(sub._id, None)
+        await sub.unsubscribe()
+
+    async def _process_msg(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes
+    ) -> None:
+        deliver = self._direct.get(sid)
+        if deliver is None:
+            await super()._process_msg(sid, subject, reply, data, headers)
+            return
+        if sid not in self._subs:  # unsubscribed meanwhile
+            self._direct.pop(sid, None)
+            return
+        self.stats["in_msgs"] += 1
+        self.stats["in_bytes"] += len(data)
+        hdr = await self._process_headers(headers) if headers else None
+        try:
+            deliver(subject.decode(), data, hdr)
+        except Exception:  # never into nats-py's reader, which would drop the connection
+            log.exception("delivering a message on %r", subject)

@@ -54,7 +54,8 @@ class Gw:
 async def start_gateway(config: Config) -> Gw:
     gateway = Gateway(config)
     await gateway.start()
-    await asyncio.wait_for(gateway.ready.wait(), 3 * T)
+    async with asyncio.timeout(3 * T):
+        await gateway.ready.wait()
     edge = Edge(gateway, make_app(gateway))
     port = await edge.start(config.host, config.port)
     return Gw(gateway, edge, port)
@@ -122,7 +123,8 @@ class WsClient:
 
     async def _fill(self, timeout: float) -> None:
         # asyncio's timeout, not aiohttp's: aiohttp restarts its own after each ping
-        msg = await asyncio.wait_for(self.ws.receive(), timeout)
+        async with asyncio.timeout(timeout):  # not wait_for: it can swallow a cancel
+            msg = await self.ws.receive()
         if msg.type is aiohttp.WSMsgType.TEXT:
             self.frames += 1
             for line in msg.data.split("\n"):

@@ -10,6 +10,7 @@ task publishes what is queued on the gateway's NATS connection. A flood is cut p
 and user (or address, without a user): a burst of ``BURST`` events, then one per
 ``EVERY_S``; what was cut is counted and the next event that passes says how many
 (``detail.suppressed``). Administrator actions are not cut: they are few and each matters.
+:meth:`Audit.note` cuts the gateway's info lines for refusals the same way, per kind.
 """
 
 from __future__ import annotations
@@ -56,6 +57,47 @@ class _Bucket:
         self.suppressed = 0
 
 
+class Limiter:
+    """The flood cut, per key: a burst of ``BURST``, then one per ``EVERY_S``; what was cut
+    is counted for the next that passes. At most ``MAX_KEYS`` counters."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[tuple[str, str], _Bucket] = {}
+
+    def admit(self, key: tuple[str, str]) -> int:
+        """-1: cut; else how many of this key were cut since the last one."""
+        now = time.monotonic()
+        b = self._buckets.get(key)
+        if b is None:
+            if len(self._buckets) >= MAX_KEYS:
+                self._forget_idle(now)
+            b = self._buckets[key] = _Bucket(now)
+        b.tokens = min(float(BURST), b.tokens + (now - b.at) / EVERY_S)
+        b.at = now
+        if b.tokens < 1:
+            b.suppressed += 1
+            return -1
+        b.tokens -= 1
+        suppressed, b.suppressed = b.suppressed, 0
+        return suppressed
+
+    def take_suppressed(self, key: tuple[str, str]) -> int:
+        """What was cut of this key and not yet told (then nothing is)."""
+        b = self._buckets.get(key)
+        if b is None:
+            return 0
+        suppressed, b.suppressed = b.suppressed, 0
+        return suppressed
+
+    def _forget_idle(self, now: float) -> None:
+        """Drop counters back at a full burst (nothing cut to report); if every one is
+        busy, drop them all: a flood of distinct keys is cut by the queue bound."""
+        full = BURST * EVERY_S
+        idle = [k for k, b in self._buckets.items() if not b.suppressed and now - b.at >= full]
+        for k in idle or list(self._buckets):
+            del self._buckets[k]
+
+
 class Audit:
     """Publishes audit events for one gateway (``prefix`` empty: off)."""
 
@@ -65,7 +107,9 @@ class Audit:
         self.gateway = gateway
         self._queue: deque[tuple[str, bytes]] = deque()
         self._task: asyncio.Task[None] | None = None
-        self._buckets: dict[tuple[str, str], _Bucket] = {}
+        self._cut = Limiter()
+        self._log_cut = Limiter()  # note()'s lines, per kind of line
+        self._log_pending: set[str] = set()  # kinds with a "suppressed" line due
         self.dropped = 0  # queue full, or NATS refused the publish
         self._enc = msgspec.json.Encoder()
 
@@ -85,7 +129,7 @@ class Audit:
         if not self.prefix:
             return
         if kind is not Kind.ADMIN:
-            suppressed = self._admit(kind, user or address or "")
+            suppressed = self._cut.admit((kind.value, user or address or ""))
             if suppressed < 0:
                 return
             if suppressed:
@@ -105,31 +149,31 @@ class Audit:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._publish(), name="audit")
 
-    def _admit(self, kind: Kind, who: str) -> int:
-        """-1: cut; else how many of this kind and user were cut since the last one."""
-        now = time.monotonic()
-        key = (kind.value, who)
-        b = self._buckets.get(key)
-        if b is None:
-            if len(self._buckets) >= MAX_KEYS:
-                self._forget_idle(now)
-            b = self._buckets[key] = _Bucket(now)
-        b.tokens = min(float(BURST), b.tokens + (now - b.at) / EVERY_S)
-        b.at = now
-        if b.tokens < 1:
-            b.suppressed += 1
-            return -1
-        b.tokens -= 1
-        suppressed, b.suppressed = b.suppressed, 0
-        return suppressed
+    def note(self, logger: logging.Logger, kind: str, msg: str, *args: object) -> None:
+        """An info line for what a peer can repeat at will: refused upgrades, failed
+        logins. Cut per ``kind`` of line (not per user: a storm of names is a storm too)
+        with the trail's limiter, so 1,000 refusals are a handful of lines. What was cut
+        is told by the next line of that kind, or ``EVERY_S`` later by a line of its own.
+        Written with or without a ``prefix``: the log does not need NATS."""
+        if not logger.isEnabledFor(logging.INFO):
+            return
+        suppressed = self._log_cut.admit((kind, ""))
+        if suppressed < 0:
+            if kind not in self._log_pending:
+                self._log_pending.add(kind)
+                loop = asyncio.get_running_loop()
+                loop.call_later(EVERY_S, self._note_suppressed, logger, kind)
+            return
+        if suppressed:
+            msg += " (%d more %s lines suppressed before it)"
+            args = (*args, suppressed, kind)
+        logger.info(msg, *args)
 
-    def _forget_idle(self, now: float) -> None:
-        """Drop counters back at a full burst (nothing cut to report); if every one is
-        busy, drop them all: a flood of distinct keys is cut by the queue bound."""
-        full = BURST * EVERY_S
-        idle = [k for k, b in self._buckets.items() if not b.suppressed and now - b.at >= full]
-        for k in idle or list(self._buckets):
-            del self._buckets[k]
+    def _note_suppressed(self, logger: logging.Logger, kind: str) -> None:
+        self._log_pending.discard(kind)
+        suppressed = self._log_cut.take_suppressed((kind, ""))
+        if suppressed:
+            logger.info("%s: %d more lines suppressed", kind, suppressed)
 
     async def _publish(self) -> None:
         try:

@@ -188,11 +188,23 @@ class Front(asyncio.Protocol):
         proto.connection_made(t)
         proto.data_received(data)
 
-    def _refuse(self, err: HeadError) -> None:
+    def _refuse(self, err: HeadError, remote: str | None = None) -> None:
         self._done()
         t = self._transport
         assert t is not None
-        self._edge.gw.metrics.refused.labels(str(err.status)).inc()
+        gw = self._edge.gw
+        if remote is None:
+            peer = t.get_extra_info("peername")
+            remote = str(peer[0]) if peer else "?"
+        gw.audit.note(
+            log,
+            "upgrade refused",
+            "upgrade refused status=%d reason=%r address=%s",
+            err.status,
+            err.reason,
+            remote,
+        )
+        gw.metrics.refused.labels(str(err.status)).inc()
         t.write(refusal(err.status, err.reason))
         t.close()
 
@@ -224,7 +236,7 @@ class Front(asyncio.Protocol):
             gw.audit.emit(
                 AuditKind.UPGRADE_REFUSED, None, remote, status=err.status, reason=err.reason
             )
-            self._refuse(err)
+            self._refuse(err, remote)
             return
         except UnknownKey:  # the identity provider may have a new key: fetch, then again
             t.pause_reading()

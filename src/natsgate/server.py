@@ -116,6 +116,13 @@ async def login(request: web.Request) -> web.Response:
     if not gw.throttle.take(*keys):
         gw.metrics.logins.labels("throttled").inc()
         gw.audit.emit(AuditKind.LOGIN, who, _remote(request, gw), outcome="throttled")
+        gw.audit.note(
+            log,
+            "login throttled",
+            "login throttled user=%s address=%s",
+            who or "-",
+            _remote(request, gw),
+        )
         return _error(
             429,
             "too many failed logins; try again later",
@@ -145,10 +152,14 @@ async def login(request: web.Request) -> web.Response:
     if not ok:
         gw.metrics.logins.labels("failed").inc()
         gw.audit.emit(AuditKind.LOGIN, who, _remote(request, gw), outcome="failed")
+        gw.audit.note(
+            log, "login failed", "login failed user=%s address=%s", who or "-", _remote(request, gw)
+        )
         return _error(401, "wrong user name or password")
     gw.throttle.forgive(*keys)
     gw.metrics.logins.labels("ok").inc()
     gw.audit.emit(AuditKind.LOGIN, user, _remote(request, gw), outcome="ok")
+    log.info("login ok user=%s address=%s", user, _remote(request, gw))
     resp = web.json_response({"user": user})
     resp.set_cookie(
         COOKIE,

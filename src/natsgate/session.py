@@ -94,6 +94,7 @@ class Session:
         "cmds",
         "config",
         "conn_id",
+        "frames_in",
         "gw",
         "last_seen",
         "outbox",
@@ -115,7 +116,7 @@ class Session:
         self.remote = remote
         self.conn_id = secrets.token_urlsafe(9)  # opaque, unique across gateways (admin, presence)
         self.since = time.time()  # opened at (wall clock, for people)
-        self.bytes_in = 0  # client frame bytes; bytes out are the outbox's
+        self.bytes_in = self.frames_in = 0  # client frames; what went out is the outbox's
         self.state = State.OPEN
         self.caps: Capabilities = Capabilities()
         self.subs: dict[SubKey, Subscription] = {}
@@ -209,6 +210,25 @@ class Session:
             self.gw.detach(self)
             if self._closed is not None and not self._closed.done():
                 self._closed.set_result(None)
+            if log.isEnabledFor(logging.INFO):
+                self._log_disconnect(code, error)
+
+    def _log_disconnect(self, code: CloseCode, error: tuple[ErrorCode, str] | None) -> None:
+        """One line per connection's end; ``by=client``: the socket closed or went first."""
+        how = f"code={int(code)}" + (f" reason={error[1]!r}" if error else "")
+        log.info(
+            "disconnect user=%s conn=%s address=%s %s duration=%.1fs frames_in=%d bytes_in=%d"
+            " envelopes_out=%d bytes_out=%d",
+            self.user,
+            self.conn_id,
+            self.remote,
+            "by=client" if self._ending else how,
+            time.time() - self.since,
+            self.frames_in,
+            self.bytes_in,
+            self.outbox.written,
+            self.outbox.bytes_out,
+        )
 
     def disconnected(self) -> None:
         """The socket is gone (the peer closed it, vanished, or a write failed): free
@@ -300,6 +320,7 @@ class Session:
         meanwhile wait, so ``cap_update`` still goes first (§1)."""
         self._inq = deque()
         self._reader = self.spawn(self._read_inbox(opening=True), "open")
+        log.info("connect user=%s conn=%s address=%s", self.user, self.conn_id, self.remote)
 
     def receive(self, frame: bytes) -> bool:
         """A client frame from a transport that reads in callbacks. Frames are handled in
@@ -312,6 +333,7 @@ class Session:
         t.frames_in += 1
         t.bytes_in += len(frame)
         self.bytes_in += len(frame)
+        self.frames_in += 1
         q = self._inq
         if q is None:
             q = self._inq = deque()

@@ -169,6 +169,7 @@ async def throughput(
     stats = await rig.collect()
     delivered_total = sum(st["delivered"] for st in stats)
     frames = sum(st["frames"] for st in stats)
+    wire, plain = (sum(st.get(k, 0) for st in stats) for k in ("wire_bytes", "plain_bytes"))
     in_window = d1 - d0
     server_cpu = c_srv + (c_nats if rig.sut.server else 0.0)
     part = {
@@ -185,6 +186,10 @@ async def throughput(
         "loss": expected - delivered_total,
         "drain_s": round(tp_drain, 2),
         "deliveries_per_frame": round(delivered_total / frames, 1) if frames else None,
+        # natsgate: frame payloads as they came off the wire, and inflated (permessage-deflate)
+        "wire_bytes": wire,
+        "plain_bytes": plain,
+        "wire_ratio": round(wire / plain, 3) if plain else None,
         "server_cpu_s": round(server_cpu, 3),
         "target_cpu_s": round(c_srv, 3),
         "nats_server_cpu_s": round(c_nats, 3),

@@ -9,6 +9,7 @@ import ctypes
 import json
 import mmap
 import os
+import random
 import resource
 import signal
 import sys
@@ -23,11 +24,39 @@ PAYLOAD_BYTES = 100
 _PAD = b"x" * PAYLOAD_BYTES
 
 
+# BENCH_PAYLOAD=chat: a chat message of 200-400 bytes instead (what compression is for;
+# the 100-byte payload's padding would flatter any compressor)
+CHAT = os.environ.get("BENCH_PAYLOAD") == "chat"
+_WORDS = (
+    b"ok thanks see you at the meeting moved to three pm can someone review my pull request "
+    b"lunch today sounds good I will be late the build is green again great idea let us ship "
+    b"it tomorrow morning who has the notes from yesterday"
+).split()
+_USERS = (b"alice", b"bob", b"carol", b"dave", b"erin", b"frank")
+
+
 def payload(seq: int, t_ns: int) -> bytes:
     """A 100-byte JSON payload carrying its sequence number and publish time (ns since the
     epoch, ``time.time_ns``: one clock for every process on this machine)."""
+    if CHAT:
+        return chat_payload(seq, t_ns)
     head = b'{"s":%d,"t":%d,"p":"' % (seq, t_ns)
     return head + _PAD[: max(4, PAYLOAD_BYTES - 2 - len(head))] + b'"}'
+
+
+def chat_payload(seq: int, t_ns: int) -> bytes:
+    """A chat line as a JSON object of 200-400 bytes, different per message (its words
+    picked by a generator seeded with ``seq``)."""
+    rng = random.Random(seq)
+    text = b" ".join(rng.choice(_WORDS) for _ in range(rng.randint(15, 40)))
+    return b'{"s":%d,"t":%d,"id":"m%08d","user":"%s","room":"general","text":"%s",%s}' % (
+        seq,
+        t_ns,
+        seq,
+        rng.choice(_USERS),
+        text,
+        b'"reactions":[],"edited":false,"thread":null',
+    )
 
 
 # the receiving side finds these with a regex that tolerates ", " and ": " (Socket.IO

@@ -9,6 +9,10 @@ Three client protocols, each counted as cheaply as the protocol allows:
 
 - ``natsgate``: ``sub`` with an inbox, live at its ``reply``; a frame holds one or more
   newline-separated envelopes, so a frame counts ``frame.count(b"\\n") + 1`` deliveries.
+  With ``COMPRESSION`` set (and not ``off``) in the environment, each client offers
+  permessage-deflate as a browser does and inflates the frames that come with RSV1 (a
+  fresh inflater each: the gateway agrees no context takeover); the bytes of every
+  payload as it came off the wire and once inflated are counted.
 - ``nats``: the NATS text protocol over nats-server's WebSocket listener: INFO, then
   ``CONNECT``/``SUB``/``PING``, live at ``PONG``; deliveries are the ``MSG `` tokens in the
   byte stream (a token split across two frames is counted once).
@@ -25,9 +29,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import os
 import re
 import sys
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +50,9 @@ TEXT, BINARY, CONT, CLOSE = (
     WSMsgType.CONTINUATION,
     WSMsgType.CLOSE,
 )
+DEFLATE_OFFER = "permessage-deflate; client_max_window_bits"
+DEFLATE = os.environ.get("COMPRESSION", "off") != "off"
+TAIL = b"\x00\x00\xff\xff"
 NATS_CONNECT = (
     b'CONNECT {"verbose":false,"pedantic":false,"protocol":1,"headers":false,'
     b'"no_responders":false}\r\n'
@@ -59,6 +68,8 @@ class Gen:
         self.slot = slot
         self.delivered = 0
         self.frames = 0  # frames that carried deliveries
+        self.wire_bytes = 0  # natsgate: payload bytes as received (deflated or not)
+        self.plain_bytes = 0  # the same, inflated
         self.latency = False
         # seq -> [clients that got it, last ns, publish ns, first ns]
         self.lat: dict[int, list[int]] = {}
@@ -86,6 +97,7 @@ class Gen:
     def reset(self, latency: bool) -> None:
         self.delivered = 0
         self.frames = 0
+        self.wire_bytes = self.plain_bytes = 0
         self.mv[self.slot] = 0
         self.lat = {}
         self.latency = latency
@@ -147,6 +159,10 @@ class NatsgateClient(Client):
                 return
             data = frame.get_payload_as_bytes()
             gen = self.gen
+            gen.wire_bytes += len(data)
+            if frame.rsv1:
+                data = zlib.decompressobj(-15).decompress(data + TAIL)
+            gen.plain_bytes += len(data)
             gen.add(data.count(b"\n") + 1)
             if gen.latency:
                 gen.record(data, time.time_ns())
@@ -154,6 +170,8 @@ class NatsgateClient(Client):
         if self.control(frame):
             return
         data = frame.get_payload_as_bytes()
+        if frame.rsv1:
+            data = zlib.decompressobj(-15).decompress(data + TAIL)
         if b'"op":"error"' in data:
             self.fail("natsgate error: " + data[:160].decode(errors="replace"))
         elif b'"op":"reply"' in data:
@@ -253,6 +271,8 @@ async def connect_all(gen: Gen, cmd: dict[str, Any]) -> dict[str, Any]:
     cls = CLIENTS[cmd["proto"]]
     url: str = cmd["url"]
     headers: dict[str, str] = cmd.get("headers") or {}
+    if DEFLATE and cmd["proto"] == "natsgate":
+        headers = {**headers, "Sec-WebSocket-Extensions": DEFLATE_OFFER}
     sem = asyncio.Semaphore(int(cmd.get("concurrency", 64)))
     loop = asyncio.get_running_loop()
     errors: collections.Counter[str] = collections.Counter()
@@ -330,6 +350,8 @@ async def main(slot: int, counters_path: str, slots: int) -> None:
                             "ev": "stats",
                             "delivered": gen.delivered,
                             "frames": gen.frames,
+                            "wire_bytes": gen.wire_bytes,
+                            "plain_bytes": gen.plain_bytes,
                             "lat": {str(k): v for k, v in gen.lat.items()},
                             "disconnects": gen.disconnects,
                             "close_reasons": dict(gen.close_reasons),

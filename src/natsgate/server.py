@@ -233,6 +233,20 @@ async def metrics(request: web.Request) -> web.Response:
 # ------------------------------------------------------------------ front end
 
 _SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin"}
+_UTF8_TYPES = frozenset(
+    ("application/javascript", "application/json", "application/manifest+json", "image/svg+xml")
+)
+
+
+async def utf8_files(request: web.Request, response: web.StreamResponse) -> None:
+    """The files the gateway serves (the demo, ``STATIC_DIR``, the library, the admin
+    console) say their text is UTF-8: without a charset a browser decodes a page that has
+    no ``<meta charset>`` in its locale's encoding ("connecting…" as mojibake). What a
+    ``--proxy`` dev server sends is left as it is."""
+    if isinstance(response, web.FileResponse) and response.charset is None:
+        kind = response.content_type
+        if kind.startswith("text/") or kind in _UTF8_TYPES:
+            response.charset = "utf-8"
 
 
 async def library(request: web.Request) -> web.StreamResponse:
@@ -332,18 +346,20 @@ def make_app(gw: Gateway) -> web.Application:
     app = web.Application(client_max_size=64 * 1024)
     app[GATEWAY_KEY] = gw
     app.on_response_prepare.append(one_request)
+    app.on_response_prepare.append(utf8_files)
     app.router.add_post("/auth/login", login)
     app.router.add_post("/auth/logout", logout)
     app.router.add_get("/auth/me", me)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     add_admin_routes(app, GATEWAY_KEY)  # /admin (the console) and /admin/api/*
+    if gw.config.proxy or gw.config.serve_static:  # the dev server does not have the library
+        app.router.add_get("/natsgate.js", library)
+        app.router.add_get("/natsgate/{name}", library)
     if gw.config.proxy:
         handler = proxy(gw.config.proxy)
         app.on_cleanup.append(handler.cleanup)
         app.router.add_route("*", "/{path:.*}", handler)
     elif gw.config.serve_static:  # STATIC_DIR=none / --no-static: no files at all
-        app.router.add_get("/natsgate.js", library)
-        app.router.add_get("/natsgate/{name}", library)
         app.router.add_get("/{path:.*}", static)
     return app

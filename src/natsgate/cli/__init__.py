@@ -9,12 +9,14 @@ import sys
 
 from dotenv import load_dotenv
 
-from ..config import DEFAULT_PROXY, Config
+from ..config import Config
 from ..natsrunner import ENV_FILE
+from .args import add_serve_flags
 from .audit import add_parser as add_audit_parser
 from .audit import cmd_audit
 from .check import cmd_check
 from .envhelp import env_help
+from .output import quiet_stdout
 from .serve import cmd_serve
 from .tokens import cmd_token
 from .users import cmd_user
@@ -49,38 +51,7 @@ def _parser() -> argparse.ArgumentParser:
             epilog=env_help(),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        if name == "serve":
-            p.add_argument("--local", action="store_true", help="run an embedded nats-server")
-        else:
-            p.set_defaults(local=True)
-        p.add_argument(
-            "--proxy",
-            nargs="?",
-            const=DEFAULT_PROXY,
-            default=None,
-            metavar="URL",
-            help=f"forward the front end to a dev server (default {DEFAULT_PROXY})",
-        )
-        p.add_argument("--log", choices=("debug", "info", "warn", "error"), default=None)
-        p.add_argument("--host", default=None)
-        p.add_argument("--port", type=int, default=None)
-        p.add_argument("--data-dir", default=None, help="embedded server's data (default ./data)")
-        p.add_argument(
-            "--workers", type=int, default=None, help="processes sharing the port (default 1)"
-        )
-        if name == "serve":
-            files = p.add_mutually_exclusive_group()
-            files.add_argument(
-                "--static",
-                default=None,
-                metavar="DIR",
-                help="serve your app's files at / (STATIC_DIR)",
-            )
-            files.add_argument(
-                "--no-static", action="store_true", help="serve no files at all (STATIC_DIR=none)"
-            )
-        else:
-            p.set_defaults(static=None, no_static=False)
+        add_serve_flags(p, demo=name == "demo")
     u = sub.add_parser("user", help="manage users").add_subparsers(dest="action", required=True)
     add = u.add_parser("add", help="add a user (password from stdin)")
     add.add_argument("id")
@@ -106,7 +77,12 @@ def _parser() -> argparse.ArgumentParser:
         _data_dir(p)
     t = sub.add_parser("token", help="print a JWT for a user, or check one (--verify)")
     t.add_argument("id", nargs="?", default=None)
-    t.add_argument("--ttl", default="1h")
+    t.add_argument(
+        "--ttl",
+        default="1h",
+        help="how long the token is valid: a number with s, m, h or d (90s, 15m, 1h, 7d; "
+        "a bare number is seconds); default %(default)s",
+    )
     t.add_argument(
         "--verify",
         default=None,
@@ -115,15 +91,30 @@ def _parser() -> argparse.ArgumentParser:
     )
     _data_dir(t)
     check = sub.add_parser(
-        "check", help="check the configuration, NATS, JetStream, buckets and capabilities"
+        "check",
+        help="check the configuration, NATS, JetStream, buckets, capabilities and the JWKS",
+        description="What natsgate serve with the same flags and environment would find.",
     )
-    _data_dir(check)
+    add_serve_flags(check)
     add_audit_parser(sub, _data_dir)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    """Run one command. A reader that went away (``natsgate check | head -2``) ends it
+    quietly, as it ends Unix tools: no traceback, exit 141 (128 + SIGPIPE, what a shell
+    shows for those)."""
+    try:
+        try:
+            return _command(sys.argv[1:] if argv is None else argv)
+        finally:
+            sys.stdout.flush()  # what is still buffered fails here, not at exit
+    except BrokenPipeError:
+        quiet_stdout()
+        return 128 + 13
+
+
+def _command(argv: list[str]) -> int:
     load_dotenv(".env", override=False)
     args = _parser().parse_args(argv)
     match args.command:

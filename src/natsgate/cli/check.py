@@ -1,23 +1,28 @@
-"""``natsgate check``: would ``serve`` start, and with what? The configuration as serve
-loads it, one bounded connection to NATS, JetStream, the gateway's buckets and the
-capability documents in them. A few lines; exit 0 when all is well, 1 when something is
+"""``natsgate check``: would ``serve`` (with the same flags) start, and with what? The
+configuration as serve loads it, one bounded fetch of the identity provider's key set, one
+bounded connection to NATS, JetStream, the gateway's buckets and the capability documents
+in them. A few lines; exit 0 when all is well, 1 when something is
 not (2: the configuration itself, as for serve)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..capabilities import Capabilities, CapabilitiesError
-from ..config import Config
-from .connect import with_nats
+from ..config import Config, ConfigError, Flags, load
+from .args import serve_env, serve_flags
+from .connect import local_env, with_nats
+from .output import fail
 
 if TYPE_CHECKING:
     from ..upstream import Upstream
 
 MAX_LISTED = 5  # invalid capability documents named; the rest are counted
+JWKS_TIMEOUT_S = 4.0  # one fetch of JWT_JWKS_URL, connect to last byte
 
 
 def front_end(cfg: Config) -> str:
@@ -32,20 +37,85 @@ def front_end(cfg: Config) -> str:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    flags, env = serve_flags(args), serve_env(args, os.environ)
+    data_dir = Path(args.data_dir) if args.data_dir else Config().data_dir
+    try:
+        embedded = flags.local and local_env(data_dir) is None
+    except ConfigError as exc:
+        return fail(str(exc))
+    if embedded:  # serve --local would start its own server: nothing to connect to yet
+        return asyncio.run(_check_embedded(flags, env))
+
     async def act(up: Upstream, cfg: Config, where: str) -> int:
         return await _check(up, cfg, where)
 
-    return asyncio.run(with_nats(act, Path(args.data_dir), strict=True))
+    return asyncio.run(with_nats(act, data_dir, flags=flags, env=env))
+
+
+def _check_config(cfg: Config) -> None:
+    workers = f" ({cfg.workers} processes)" if cfg.workers > 1 else ""
+    print(f"config: ok; would listen on {cfg.host}:{cfg.port}{workers}")
+    print(f"front end: {front_end(cfg)}")
+    if cfg.static_dir is not None and not (cfg.static_dir / "index.html").is_file():
+        print(f"  note: {cfg.static_dir} has no index.html (/ would answer 404)")
+
+
+async def _check_jwks(cfg: Config) -> int:
+    """One bounded fetch of ``JWT_JWKS_URL``, as the gateway makes at start: 1 when it
+    fails (the gateway would refuse every token of the identity provider)."""
+    if cfg.jwt_jwks_url is None:
+        return 0
+    import jwt
+
+    from ..jwks import FetchError, KeySet, usable
+
+    url = cfg.jwt_jwks_url
+    keyset = KeySet(url)
+    keyset.timeout_s = JWKS_TIMEOUT_S
+    try:
+        keys = usable(jwt.PyJWKSet.from_dict(await keyset._download()))
+    except (FetchError, jwt.PyJWTError, ValueError, TypeError, AttributeError) as exc:
+        print(f"JWKS: cannot fetch the key set from {url}: {exc or type(exc).__name__}")
+        return 1
+    if not keys:
+        print(f"JWKS: the key set at {url} holds no signing key the gateway can use")
+        return 1
+    print(f"JWKS: {len(keys)} signing key{'s' if len(keys) > 1 else ''} from {url}")
+    return 0
+
+
+def _verdict(problems: int) -> int:
+    print("ok" if problems == 0 else f"{problems} problem{'s' if problems > 1 else ''}")
+    return 0 if problems == 0 else 1
+
+
+async def _check_embedded(flags: Flags, env: dict[str, str]) -> int:
+    """``check --local`` with no ``serve --local`` running on that ``--data-dir``: the
+    config, the nats-server binary serve would start, the JWKS."""
+    from ..natsrunner import NatsServerError, find_binary
+
+    try:
+        cfg = load(flags, env)
+    except ConfigError as exc:
+        return fail(str(exc))
+    _check_config(cfg)
+    problems = await _check_jwks(cfg)
+    try:
+        binary = find_binary()
+    except NatsServerError as exc:
+        print(f"NATS: {exc}")
+        return _verdict(problems + 1)
+    store = (cfg.data_dir / "jetstream").resolve()
+    print(f"NATS: serve --local would start {binary} (JetStream data in {store})")
+    print("  none runs with this --data-dir now: buckets and capabilities not checked")
+    return _verdict(problems)
 
 
 async def _check(up: Upstream, cfg: Config, where: str) -> int:
     from nats.js.errors import NotFoundError
 
-    problems = 0
-    print(f"config: ok; would listen on {cfg.host}:{cfg.port}")
-    print(f"front end: {front_end(cfg)}")
-    if cfg.static_dir is not None and not (cfg.static_dir / "index.html").is_file():
-        print(f"  note: {cfg.static_dir} has no index.html (/ would answer 404)")
+    _check_config(cfg)
+    problems = await _check_jwks(cfg)
     v = up.nc.connected_server_version
     print(f"NATS: connected to {where} (nats-server {v.major}.{v.minor}.{v.patch})")
     try:
@@ -73,8 +143,7 @@ async def _check(up: Upstream, cfg: Config, where: str) -> int:
         problems += 1
         print(f"  problem: the account may make {room} more streams, {missing} are needed")
     problems += await _check_caps(up, cfg.auth_bucket)
-    print("ok" if problems == 0 else f"{problems} problem{'s' if problems > 1 else ''}")
-    return 0 if problems == 0 else 1
+    return _verdict(problems)
 
 
 async def _check_caps(up: Upstream, bucket: str) -> int:

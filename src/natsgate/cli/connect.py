@@ -8,7 +8,7 @@ import contextlib
 import logging
 import os
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -61,11 +61,14 @@ def remove_local_secret(data_dir: Path, secret: str) -> None:
             path.unlink()
 
 
-def nats_env(data_dir: Path) -> tuple[dict[str, str], str]:
-    """The environment a command loads its config from, and the NATS server it names, for
-    its output. Without ``NATS_URL``, the server of ``serve --local`` under ``data_dir``."""
-    env = dict(os.environ)
-    local = None if env.get("NATS_URL") else local_env(data_dir)
+def nats_env(
+    data_dir: Path, base: Mapping[str, str] | None = None, *, prefer_local: bool = False
+) -> tuple[dict[str, str], str]:
+    """The environment a command loads its config from (``base``, else the process's), and
+    the NATS server it names, for its output. Without ``NATS_URL`` (or with ``prefer_local``:
+    ``serve --local`` ignores it), the server of ``serve --local`` under ``data_dir``."""
+    env = dict(os.environ if base is None else base)
+    local = None if env.get("NATS_URL") and not prefer_local else local_env(data_dir)
     if local is not None:
         for name in ("NATS_CREDS", "NATS_JWT", "NATS_NKEY"):
             env.pop(name, None)  # the file's user, not these
@@ -93,20 +96,34 @@ def _why(exc: BaseException) -> str:
     text = str(exc).strip()
     if isinstance(exc, TimeoutError) or not text:
         return text or f"{type(exc).__name__} (no answer within a few seconds)"
+    if "authorization violation" in text.lower():
+        text += (
+            "; credentials come from NATS_USER + NATS_PASSWORD, NATS_CREDS or NATS_JWT + "
+            "NATS_NKEY, or, for the embedded server of a serve --local, from the --data-dir "
+            f"it was started with (its <data-dir>/{ENV_FILE}): pass the same --data-dir"
+        )
     return text
 
 
-async def with_nats(action: Action, data_dir: Path, *, strict: bool = False) -> int:
-    """Run ``action(upstream, config, where)`` on one bounded connection to NATS. ``strict``:
-    load the config as ``serve`` would (``JWT_SECRET`` required), for ``check``."""
+async def with_nats(
+    action: Action,
+    data_dir: Path,
+    *,
+    flags: Flags | None = None,
+    env: Mapping[str, str] | None = None,
+) -> int:
+    """Run ``action(upstream, config, where)`` on one bounded connection to NATS. The config
+    is loaded with ``flags`` and ``env`` when given (``check``: as ``serve`` would, with its
+    flags); else leniently, no ``JWT_SECRET`` needed to manage users."""
     from ..metrics import Metrics
     from ..upstream import Upstream
 
     # nats-py logs each failed attempt with a traceback; the one line below says it all
     logging.getLogger("nats").setLevel(logging.CRITICAL)
     try:
-        env, where = nats_env(data_dir)
-        cfg = load(Flags(local=not strict), env)  # no JWT_SECRET needed to manage users
+        local = flags is not None and flags.local
+        full, where = nats_env(data_dir, env, prefer_local=local)
+        cfg = load(flags or Flags(local=True), full)
     except ConfigError as exc:
         return fail(str(exc))
     up = Upstream(cfg, Metrics())

@@ -25,6 +25,18 @@ def _default(value: object) -> str:
     return str(value)
 
 
+def for_terminal(text: str) -> str:
+    """A comment written for the source, as a terminal shows it: reST literals
+    (````iss````) in plain quotes, Python's ``None`` as "unset"."""
+    text = re.sub(r"``([^`]+)``", r"'\1'", text)
+    return re.sub(r"\bNone\b", "unset", text)
+
+
+def names() -> list[str]:
+    """Every variable the config reads, one name each (``NATS_JWT + NATS_NKEY``: two)."""
+    return [n for label, _, _ in variables() for n in label.split(" + ")]
+
+
 def variables() -> list[tuple[str, str, str]]:
     """(names, default, what it is) for each documented field, in the class's order; a
     second field under the same name (``STATIC_DIR=none``) adds to the first one's text."""
@@ -48,9 +60,9 @@ def variables() -> list[tuple[str, str, str]]:
         key = label.split(" + ")[0]
         if key in rows:
             old = rows[key]
-            rows[key] = (old[0], old[1], f"{old[2]}; {key}{comment[len(key) :]}")
+            rows[key] = (old[0], old[1], f"{old[2]}; {key}{for_terminal(comment[len(key) :])}")
             continue
-        rows[key] = (label, _default(getattr(defaults, attr)), text)
+        rows[key] = (label, _default(getattr(defaults, attr)), for_terminal(text))
     return list(rows.values())
 
 

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from ..config import Config, ConfigError, Flags, load
+from ..config import Config, ConfigError, load
 from ..natsrunner import (
     ENV_FILE,
     Credentials,
@@ -24,6 +24,7 @@ from ..natsrunner import (
     remove_env_file,
     write_env_file,
 )
+from .args import serve_env, serve_flags
 from .connect import remove_local_secret, write_local_secret
 from .logs import json_lines, setup_logging
 from .output import fail, log, say
@@ -33,11 +34,14 @@ def _tell_where(cfg: Config, url: str) -> None:
     """What is where, for whoever reads the log first (docs/deploy.md)."""
     from .check import front_end
 
+    login = (
+        f"login at {url}/auth/login"
+        if cfg.jwt_secret
+        else "password login is off (JWT_JWKS_URL without JWT_SECRET: tokens come from "
+        "the identity provider)"
+    )
     log.info(
-        "WebSocket at %s/ws; login at %s/auth/login; health at %s/healthz",
-        url.replace("http", "ws", 1),
-        url,
-        url,
+        "WebSocket at %s/ws; %s; health at %s/healthz", url.replace("http", "ws", 1), login, url
     )
     log.info("front end at %s/: %s", url, front_end(cfg))
     log.info("NATS: %s (connection name %s)", _no_password(cfg.nats_url), cfg.nats_name)
@@ -199,21 +203,8 @@ def _workers(cfg: Config, argv: list[str]) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, argv: list[str], *, demo: bool) -> int:
-    flags = Flags(
-        local=args.local or demo,
-        proxy=args.proxy,
-        log=args.log,
-        host=args.host,
-        port=args.port,
-        data_dir=args.data_dir,
-        workers=args.workers,
-        no_static=args.no_static,
-    )
-    env = dict(os.environ)
-    if args.static is not None:
-        env["STATIC_DIR"] = args.static  # the flag over the environment, checked alike
-    if demo:
-        env.pop("STATIC_DIR", None)  # the demo serves the demo
+    flags = serve_flags(args, demo=demo)
+    env = serve_env(args, os.environ, demo=demo)
     try:
         cfg = load(flags, env)
     except ConfigError as exc:

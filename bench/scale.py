@@ -25,6 +25,7 @@ import json
 import math
 import os
 import resource
+import shutil
 import socket
 import sys
 import tempfile
@@ -39,7 +40,7 @@ from bench.machine import machine
 from bench.procs import REGISTRY, Child, cpu_seconds, kill_leftovers
 from bench.scaleclient import BUCKET_US
 from bench.settings import RESULTS
-from bench.sut import Target, start_target
+from bench.sut import Target, natsgate_code, start_target
 
 BCAST = "bench.bcast.all"
 OWN = "bench.user."
@@ -437,6 +438,10 @@ async def run(a: argparse.Namespace) -> dict[str, Any]:
                 "max": round(to_last[-1], 1) if to_last else None,
             },
             "to_first_ms_p50": round(pct(to_first, 0.5), 2),
+            # publish -> last client, broadcast by broadcast: steady, or falling behind?
+            "to_last_ms_series": [
+                round((per_seq[k][1] - per_seq[k][2]) / 1e6) for k in sorted(per_seq)
+            ],
             "per_delivery_ms": {
                 "p50": hist_pct(hist, 0.5),
                 "p99": hist_pct(hist, 0.99),
@@ -489,6 +494,7 @@ async def run(a: argparse.Namespace) -> dict[str, Any]:
                 await c.stop()
         stack.close()
         kill_leftovers()
+        shutil.rmtree(tmp / "js", ignore_errors=True)  # the logs stay for a look
         sysctls.restore()
     res["load_after"] = round(os.getloadavg()[0], 2)
     return res
@@ -565,7 +571,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
     install_uvloop()
-    res = {"machine": machine(), **asyncio.run(run(a))}
+    res = {"machine": machine(), "natsgate_code": natsgate_code(None), **asyncio.run(run(a))}
     out = a.out or RESULTS / f"scale-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
     out.write_text(json.dumps(res, indent=1) + "\n")
     print(table(res))

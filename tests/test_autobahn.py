@@ -5,7 +5,7 @@ must pass every case of groups 1-7, 9 and 10 (OK, NON-STRICT or INFORMATIONAL); 
 gateway's ``/ws``, which is no echo, must fail the connection with a code the case accepts
 wherever that is the case's verdict. Compression (12, 13: permessage-deflate with each
 parameter set Autobahn offers) runs against the same echo, which agrees deflate as the
-gateway does: all 216 cases take about 5 minutes here (1,000 messages of up to 128 KiB
+gateway does: all 216 cases take 3-5 minutes here (1,000 messages of up to 128 KiB
 each way per case), so the suite runs the first five sizes (16 B to 4 KiB) and the
 fragmented 8 KiB case of every subgroup, 72 cases; the full groups by hand::
 

@@ -97,6 +97,8 @@ def admit(
         raise HeadError(503, "NATS is not reachable yet")
     if gw.revocations.revoked(ident):
         raise HeadError(401, "token revoked")
+    if len(gw.sessions) >= gw.max_conns:
+        raise HeadError(503, "this gateway is full (open-file limit); reconnect elsewhere")
     if cfg.max_conns_per_ip and gw.conns_by_ip[remote] >= cfg.max_conns_per_ip:
         raise HeadError(429, "too many connections from this address")
     if cfg.max_conns_per_user and len(gw.by_user.get(ident.user, ())) >= cfg.max_conns_per_user:

@@ -24,6 +24,7 @@ from .capabilities import Reserved
 from .capstore import CapStore, ensure_bucket
 from .config import Config
 from .errors import CloseCode
+from .fdlimit import connection_ceiling
 from .hashpool import HashPool
 from .hub import Hub
 from .jwks import KeySet
@@ -78,6 +79,7 @@ class Gateway:
         self.hasher = HashPool(self.passwords)
         self.throttle = Throttle()
         self.sessions: set[Session] = set()
+        self.max_conns = connection_ceiling()  # one descriptor each (fdlimit.py)
         self.traffic = Traffic()
         self.flusher = Flusher(self.traffic)
         self._exported = Traffic()

@@ -71,10 +71,18 @@ def _port_free(host: str, port: int) -> bool:
 
 async def _serve(cfg: Config, *, demo_password: str | None = None, reuse_port: bool = False) -> int:
     from ..edge import Edge
+    from ..fdlimit import raise_soft_limit
     from ..gateway import Gateway
     from ..server import make_app
 
+    before, files = raise_soft_limit()
     gw = Gateway(cfg)
+    log.info(
+        "open files: %d%s; at most %d WebSockets in this process",
+        files,
+        f" (raised from {before})" if files > before else "",
+        gw.max_conns,
+    )
     await gw.start()
     edge = Edge(gw, make_app(gw))
     try:

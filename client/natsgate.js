@@ -2,8 +2,8 @@
 //
 // ES modules, no dependencies, no build step: the gateway serves this file at /natsgate.js
 // and the modules it imports at /natsgate/*.js; bundlers import it as a file or as the
-// `natsgate-client` package (types in types/). The wire protocol is the contract
-// (docs/protocol.md); the API is described in docs/client.md.
+// `natsgate-client` package (types in types/). The wire protocol is specified in
+// docs/protocol.md; the API is described in docs/client.md.
 //
 //   natsgate/errors.js         NatsgateError, the close-code table, reconnect backoff
 //   natsgate/subjects.js       subject matching and the capability covering rule

@@ -92,8 +92,8 @@ def token() -> Any:
 
 
 async def connect(gw: Gw, user: str, *, first: bool = True, **kw: Any) -> WsClient:
-    """A connected client; with ``first``, its first envelope (always ``cap_update``, contract
-    §1) is read and kept in ``client.first``."""
+    """A connected client; with ``first``, its first envelope (always ``cap_update``,
+    protocol.md §1) is read and kept in ``client.first``."""
     c = await WsClient.open(gw.ws_url, token=mint_token(user, SECRET, 3600), **kw)
     if first:
         c.first = await c.recv()

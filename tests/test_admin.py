@@ -1,4 +1,4 @@
-"""The admin API (contract section 10): connections of every gateway on one NATS,
+"""The admin API (protocol.md §7): connections of every gateway on one NATS,
 disconnect by user or connection (4003), the capabilities editor, who may use it, and that
 no grant reaches the gateways' admin subjects."""
 

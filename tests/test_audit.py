@@ -1,5 +1,5 @@
-"""The audit trail (contract section 10): every kind on ``<AUDIT_PREFIX>.<kind>`` with the
-contract's fields, no secret in any of it, a flood cut per kind and user, the prefix out
+"""The audit trail (protocol.md §7): every kind on ``<AUDIT_PREFIX>.<kind>`` with the
+protocol's fields, no secret in any of it, a flood cut per kind and user, the prefix out
 of reach of ordinary grants, and ``natsgate audit`` following it in a terminal."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Authentication at the HTTP edge (contract §2): tokens, origin, login, logout, me."""
+"""Authentication at the HTTP edge (protocol.md §2): tokens, origin, login, logout, me."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Live capabilities: loaded at connect, watched, revoked mid-connection (contract §4)."""
+"""Live capabilities: loaded at connect, watched, revoked mid-connection (protocol.md §4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The command line (contract §6): configuration errors, serve, SIGTERM, user, token, demo."""
+"""The command line (deploy.md): configuration errors, serve, SIGTERM, user, token, demo."""
 
 from __future__ import annotations
 
@@ -188,7 +188,7 @@ async def test_user_commands_and_login(gateway_proc: dict[str, Any], tmp_path: P
 
 
 async def test_user_revoke_ends_every_token_issued_before(gateway_proc: dict[str, Any]) -> None:
-    """``natsgate user revoke`` (contract section 7): open connections of the user close with
+    """``natsgate user revoke`` (security.md): open connections of the user close with
     4001, its old tokens are refused at the upgrade, a token issued afterwards works."""
     keys = ("NATS_URL", "AUTH_BUCKET", "AUTH_CREDS_BUCKET", "AUTH_REVOKED_BUCKET")
     env = {k: gateway_proc["env"][k] for k in keys}

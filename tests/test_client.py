@@ -149,7 +149,7 @@ def test_close_codes() -> None:
 
 async def test_js_resume_position() -> None:
     """Where a re-subscribe starts: after the last sequence handed over, or after the
-    stream's end at first subscribe for "new messages only" (contract section 3)."""
+    stream's end at first subscribe for "new messages only" (protocol.md §3)."""
     c = ng.Client("ws://127.0.0.1:1/ws")
 
     def js(**kw: Any) -> JsSubscription:
@@ -263,7 +263,7 @@ def durable_sub(owner: Any, handler: Any, **kw: Any) -> DurableSubscription:
 async def test_durable_wire_and_checks() -> None:
     """A durable's js_sub names it, with no sequence bookkeeping; what makes it (start,
     reset) goes only until the first reply, so a rebind after a reconnect continues the
-    durable (contract: durable subscriptions)."""
+    durable (protocol: durable subscriptions)."""
     owner = AckOwner()
     s = durable_sub(
         owner, print, ack="explicit", ack_wait_ms=5000, filter="n.a", batch=10, start_seq=1

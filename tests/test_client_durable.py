@@ -26,7 +26,7 @@ from .conftest import unique
 from .helpers import T, eventually
 from .test_client import Collect, Restartable, expect, open_client, within
 
-ACK_WAIT_MS = 1000  # the contract's least: redeliveries come soon
+ACK_WAIT_MS = 1000  # the protocol's least: redeliveries come soon
 
 
 @pytest_asyncio.fixture

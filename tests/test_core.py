@@ -1,4 +1,4 @@
-"""Core subjects and commands over a real gateway and nats-server (contract §3)."""
+"""Core subjects and commands over a real gateway and nats-server (protocol.md §3)."""
 
 from __future__ import annotations
 

@@ -182,7 +182,7 @@ PAYLOADS = int(os.environ.get("NATSGATE_FUZZ_PAYLOADS", "300"))
 
 
 async def test_any_nats_payload_reaches_the_client_as_utf8_json(gw: Gw, nc: NATS) -> None:
-    """Contract section 7: whatever a NATS publisher sends, on a core subject, into a KV
+    """security.md: whatever a NATS publisher sends, on a core subject, into a KV
     bucket or a stream, every frame the client gets is one line of valid UTF-8 JSON, each
     payload follows the rules of section 3, and no message is skipped for its content."""
     rng = random.Random(20261126)

@@ -1,4 +1,4 @@
-"""Hostile peers (contract section 7), each finding of the attack on the gateway as a test on
+"""Hostile peers (security.md), each finding of the attack on the gateway as a test on
 real processes: a real nats-server, real gateways on port 0, real sockets. Nothing mocked.
 
 The numbers in the test names are the findings' numbers in docs/security.md.

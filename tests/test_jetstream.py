@@ -1,4 +1,4 @@
-"""JetStream reads (contract §3): start points, order, batch flow control, resume, cleanup."""
+"""JetStream reads (protocol.md §3): start points, order, batch flow control, resume, cleanup."""
 
 from __future__ import annotations
 

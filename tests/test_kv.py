@@ -1,4 +1,4 @@
-"""KV watches (contract §3): current values, then the reply, then live changes."""
+"""KV watches (protocol.md §3): current values, then the reply, then live changes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Each connection's life (contract §5): backpressure, limits, pings, expiry, release."""
+"""Each connection's life (protocol.md §6): backpressure, limits, pings, expiry, release."""
 
 from __future__ import annotations
 

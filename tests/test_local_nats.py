@@ -1,4 +1,4 @@
-"""``natsgate serve --local`` and ``natsgate demo`` (contract §7): the embedded nats-server
+"""``natsgate serve --local`` and ``natsgate demo`` (security.md): the embedded nats-server
 accepts only the user made at start; the gateway writes its URL and credentials to
 ``<data-dir>/nats.env`` (mode 0600) for the operator's tools and natsgate's own commands.
 

@@ -1,6 +1,6 @@
-"""The gateway's own NATS credentials (contract §6): NATS_CREDS, or NATS_JWT + NATS_NKEY,
+"""The gateway's own NATS credentials (deploy.md): NATS_CREDS, or NATS_JWT + NATS_NKEY,
 against a real nats-server in operator mode that refuses anyone without them; and
-NATS_USER + NATS_PASSWORD, the embedded server's one user (contract §7)."""
+NATS_USER + NATS_PASSWORD, the embedded server's one user (security.md)."""
 
 from __future__ import annotations
 

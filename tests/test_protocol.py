@@ -238,7 +238,7 @@ PAYLOADS = st.one_of(
 @given(raw=PAYLOADS, subject=st.sampled_from(["a.b", "chat.ümlaut", "x"]))
 @settings(max_examples=500)
 def test_every_payload_goes_out_as_one_line_of_utf8_json(raw: bytes, subject: str) -> None:
-    """Contract sections 3 and 7: whatever bytes a NATS publisher sent, ``msg`` (core, KV,
+    """protocol.md §3 and security.md: whatever bytes a NATS publisher sent, ``msg`` (core, KV,
     JetStream) and the ``cmd`` reply are valid UTF-8 JSON without a raw newline; the
     payload is its JSON value, else its UTF-8 text as a string, else base64 with
     ``"enc": "base64"`` (``b'"\\xff"'`` passes msgspec's JSON check, yet is base64)."""

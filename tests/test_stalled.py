@@ -1,4 +1,4 @@
-"""A client that stops reading, on real sockets (contract section 5, natsgate.edge).
+"""A client that stops reading, on real sockets (protocol.md §6, natsgate.edge).
 
 The gateway bounds what the kernel takes for a WebSocket that has not been sent yet
 (``TCP_NOTSENT_LOWAT``, ``NOTSENT_LOWAT_BYTES``), so a stalled client fills its outbox,

@@ -42,7 +42,7 @@ def test_match_examples() -> None:
     assert match("a.>", "a.b.c")
     assert not match("a.>", "a")
     assert match(">", "a")
-    assert not match(">", "_INBOX.x")  # contract §4: wildcard-first never matches _INBOX
+    assert not match(">", "_INBOX.x")  # protocol.md §4: wildcard-first never matches _INBOX
     assert not match("*.x", "$JS.x")
     assert match("_INBOX.>", "_INBOX.abc")
     assert match("$JS.API.>", "$JS.API.INFO")

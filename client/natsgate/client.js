@@ -679,7 +679,7 @@ export class NatsgateClient {
     this.#timers.refresh = later(() => void this.#refreshNow(), delay);
   }
 
-  /** Token refresh without reconnect: the contract's `auth` op. */
+  /** Token refresh without reconnect: the protocol's `auth` op. */
   async #refreshNow() {
     const refreshToken = this.#opts.refreshToken;
     if (!refreshToken) return;

@@ -5,9 +5,9 @@
 // reconnect backoff. No imports.
 
 /**
- * Error codes: the contract's (section 3), then the client's own: `disconnected` (the socket
+ * Error codes: the protocol's (protocol.md §3), then the client's own: `disconnected` (the socket
  * dropped while the request was in flight), `closed` (the client or subscription was closed
- * first), `protocol` (the server sent something the contract does not allow).
+ * first), `protocol` (the server sent something the protocol does not allow).
  * @typedef {"bad_request" | "unsupported_version" | "unauthorized" | "forbidden" | "not_found"
  *   | "timeout" | "no_responders" | "limit" | "backpressure" | "internal"
  *   | "disconnected" | "closed" | "protocol"} ErrorCode
@@ -68,7 +68,7 @@ export function backoffDelay(attempt, minDelayMs = 250, maxDelayMs = 10000, rand
 /** @typedef {"backoff" | "prompt" | "auth" | "stop"} CloseAction */
 
 /**
- * What the client does after a close code (contract sections 2, 5, 7 and 10): `backoff`
+ * What the client does after a close code (protocol.md §2, §6 and §7 and security.md): `backoff`
  * reconnects after a growing, jittered delay; `prompt` at once (attempt counter reset);
  * `auth` only with a fresh token; `stop` not at all. A code not listed (1006: the socket
  * dropped without a close frame, a proxy's own code) means `backoff`.

@@ -24,7 +24,7 @@ export function subjectMatches(pattern, subject) {
 
 /**
  * Whether every subject `pattern` can match is also matched by `grant`: the rule the gateway
- * checks a subscription against the capability document with (contract section 4).
+ * checks a subscription against the capability document with (protocol.md §4).
  * `chat.>` covers `chat.room.*`; `chat.*` does not cover `chat.>`; a literal covers only
  * itself. A grant that starts with a wildcard never covers `_INBOX.…` or `$…` (`$JS.`, `$KV.`,
  * `$SYS.`): those must be granted by name.

@@ -74,7 +74,7 @@ function deferred() {
 
 /**
  * Resume bookkeeping for one JetStream subscription: which sequences the handler has seen,
- * and where a re-subscribe must start so that nothing is skipped or repeated (contract:
+ * and where a re-subscribe must start so that nothing is skipped or repeated (protocol:
  * "resuming after a reconnect is js_sub with start_seq = last_seq + 1").
  */
 export class StreamCursor {

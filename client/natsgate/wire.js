@@ -25,7 +25,7 @@ import { NatsgateError, isErrorCode } from "./errors.js";
  */
 
 /**
- * The capability document (contract section 4). Missing fields grant nothing.
+ * The capability document (protocol.md §4). Missing fields grant nothing.
  * @typedef {object} Caps
  * @property {string[]} [subjects]
  * @property {string[]} [publish]
@@ -136,7 +136,7 @@ export function isList(value) {
 }
 
 /**
- * An `error` envelope as a NatsgateError. An unknown code is the peer breaking the contract.
+ * An `error` envelope as a NatsgateError. An unknown code is the peer breaking the protocol.
  * @param {Envelope} env
  */
 export function errorFromEnvelope(env) {
@@ -149,7 +149,7 @@ export function errorFromEnvelope(env) {
 }
 
 /**
- * A frame holds one envelope or several separated by newlines (contract section 1).
+ * A frame holds one envelope or several separated by newlines (protocol.md §1).
  * @param {string} text
  * @returns {string[]}
  */
@@ -159,7 +159,7 @@ export function splitFrame(text) {
 
 /**
  * One line of a server frame, checked against the envelope's shape. Throws a NatsgateError
- * with code `protocol`, and nothing else, when the server broke the contract.
+ * with code `protocol`, and nothing else, when the server broke the protocol.
  * @param {string} line
  * @returns {Envelope}
  */
@@ -247,7 +247,7 @@ export function base64ToBytes(text) {
 
 /**
  * A payload as the application should see it: bytes the server sent as base64 (`enc`
- * beside the value, contract section 3) become a Uint8Array; JSON and text stay as they are.
+ * beside the value, protocol.md §3) become a Uint8Array; JSON and text stay as they are.
  * @param {unknown} value
  * @param {unknown} enc
  */
@@ -270,7 +270,7 @@ export function decodeKvEntry(data) {
 /**
  * The gateway's KV markers: after its own NATS connection came back it re-reads a bucket and
  * frames the fresh snapshot with `{"op": "RESYNC", "pattern"}` ... `{"op": "SYNCED", "pattern"}`
- * (an addition to the contract, see docs/protocol.md).
+ * (an addition to the protocol, see docs/protocol.md).
  * @param {unknown} data
  * @returns {{op: "RESYNC" | "SYNCED", pattern: string | undefined} | null}
  */
@@ -360,7 +360,7 @@ export function resolveUrl(url, page) {
 }
 
 /**
- * Browsers cannot set headers on a WebSocket upgrade; the contract takes `?token=`.
+ * Browsers cannot set headers on a WebSocket upgrade; the protocol takes `?token=`.
  * @param {string} url
  * @param {string} token
  */
@@ -390,7 +390,7 @@ export function jwtExpiry(token) {
 }
 
 /**
- * An entry of cap_update's `revoked` list as (kind, target, pattern). The contract leaves its
+ * An entry of cap_update's `revoked` list as (kind, target, pattern). The protocol leaves its
  * shape open; accepted: the subscribing op itself (`{"op": "kv_sub", "target": "todos",
  * "data": {"pattern": "user.a.>"}}`), the same with `pattern`/`filter` at the top level or
  * `kind`/`type` in place of `op`, and strings: `"chat.>"`, `"kv:todos:user.a.>"`,

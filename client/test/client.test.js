@@ -1,5 +1,5 @@
 // The client's behaviour, driven through an injected WebSocket class. FakeNet plays the
-// server side of the contract in memory: it records what the client sent and pushes frames.
+// server side of the protocol in memory: it records what the client sent and pushes frames.
 // Tests wait for events (a frame sent, a state reached), never for fixed durations.
 import { test } from "node:test";
 import assert from "node:assert/strict";

@@ -15,7 +15,7 @@ test("the shared table of covers cases", () => {
   }
 });
 
-test("the examples the contract names", () => {
+test("the examples the protocol names", () => {
   assert.ok(covers("chat.>", "chat.room.*"));
   assert.ok(!covers("chat.*", "chat.>"));
   assert.ok(covers("a.b", "a.b"));

@@ -1,5 +1,5 @@
 // The fake gateway the client tests run against: an injected WebSocket class whose server
-// side plays the contract in memory (records what the client sent, pushes frames), and the
+// side plays the protocol in memory (records what the client sent, pushes frames), and the
 // helpers that wait for events instead of durations. Imported by the *.test.js files.
 import assert from "node:assert/strict";
 import { connect } from "../natsgate.js";

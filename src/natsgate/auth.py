@@ -30,7 +30,7 @@ ASYMMETRIC = frozenset(
 MAX_TOKEN_BYTES = 8192
 # A user id is one subject token (it names KV keys and subjects such as ``notify.<user>``)
 # and travels in a NATS header: 1-128 characters, no '.', '*', '>', whitespace or control
-# character (contract section 7). A '.' would let user "alice.x" inside "user.alice.>".
+# character (security.md). A '.' would let user "alice.x" inside "user.alice.>".
 USER_ID_RULE = "1-128 characters, no '.', '*', '>', whitespace or control character"
 USER_ID_RE = re.compile(r"^[^.*>\s\x00-\x1f\x7f-\x9f]{1,128}$")
 
@@ -220,7 +220,7 @@ def mint_token(user: str, secret: str, ttl_s: float) -> str:
 def token_from(
     headers: Mapping[str, str], cookies: Mapping[str, str], query: Mapping[str, str]
 ) -> str | None:
-    """First found wins: bearer header, cookie ``jwt``, query ``token`` (contract §2)."""
+    """First found wins: bearer header, cookie ``jwt``, query ``token`` (protocol.md §2)."""
     header = headers.get("Authorization", "")
     if header[:7].lower() == "bearer ":
         return header[7:].strip() or None
@@ -250,11 +250,11 @@ class Passwords:
 
 class Throttle:
     """At most ``limit`` failures per ``window_s`` for one key (an address or a user name);
-    past that, refuse until the window has passed (contract §2: 5 per 60 s, then 429).
+    past that, refuse until the window has passed (protocol.md §2: 5 per 60 s, then 429).
 
     An attempt is counted when it starts (:meth:`take`), before its password is checked,
     and taken back if it succeeds (:meth:`forgive`): concurrent attempts cannot all pass
-    the check before the first failure is recorded (contract §7)."""
+    the check before the first failure is recorded (security.md)."""
 
     def __init__(self, limit: int = 5, window_s: float = 60.0, max_keys: int = 100_000) -> None:
         self.limit = limit

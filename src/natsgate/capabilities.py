@@ -1,4 +1,4 @@
-"""The capability document (contract section 4) and its checks.
+"""The capability document (protocol.md §4) and its checks.
 
 Pure and deny-by-default: a missing key, a missing field or a document that does not parse
 grants nothing.  A request is allowed only when one granted pattern covers all of it.
@@ -119,7 +119,7 @@ class Capabilities(msgspec.Struct, frozen=True, omit_defaults=True):
 
     # The checks. Each takes an already validated subject or pattern.
 
-    # ``reserved`` names the gateway's own buckets (contract section 7): by default none.
+    # ``reserved`` names the gateway's own buckets (security.md): by default none.
 
     def can_subscribe(self, pattern: str, reserved: Reserved | None = None) -> bool:
         return _subject_allowed(self.subjects, pattern, reserved)
@@ -168,7 +168,7 @@ OPEN, LITERAL, HIDDEN = "open", "literal", "hidden"
 
 @dataclass(frozen=True, slots=True)
 class Reserved:
-    """The gateway's own buckets (contract section 7). ``hidden`` ones (password hashes,
+    """The gateway's own buckets (security.md). ``hidden`` ones (password hashes,
     revocations) are never reachable through the gateway, whatever the capabilities say:
     not as a bucket, not as the stream ``KV_<name>``, not on ``$KV.<name>.`` subjects nor
     through a JetStream API subject naming the stream. ``literal`` ones (capabilities) only
@@ -176,7 +176,7 @@ class Reserved:
 
     hidden: frozenset[str] = frozenset()
     literal: frozenset[str] = frozenset()
-    # Subject prefixes, the same two ways (contract section 10): the gateways' admin
+    # Subject prefixes, the same two ways (protocol.md §7): the gateways' admin
     # requests never (``$NATSGATE.admin...``), the audit trail only through a grant that
     # names the prefix (``natsgate.audit.>``, not ``>``). A pattern that reaches one only
     # through a wildcard (``>``, ``natsgate.*.*``) is allowed as before, and is never
@@ -278,7 +278,7 @@ def _in_prefix(pattern: str, prefix: str) -> bool:
 
 def _reaches(pattern: str, prefix: str) -> bool:
     """Whether ``pattern`` matches some subject under ``prefix`` (a wildcard-first pattern
-    never matches ``_INBOX.``/``$`` subjects, contract section 4)."""
+    never matches ``_INBOX.``/``$`` subjects, protocol.md §4)."""
     first = prefix.split(".", 1)[0]
     private = first == "_INBOX" or first.startswith("$")
     return overlaps(pattern, f"{prefix}.>") and not (private and _wild_first(pattern))

@@ -87,7 +87,7 @@ async def ensure_bucket(
 
 def _parse(user: str, raw: bytes | None) -> Capabilities:
     """:meth:`Capabilities.parse`, but a document that does not parse is logged (the user
-    and the reason, never the document): it still grants nothing (contract §4)."""
+    and the reason, never the document): it still grants nothing (protocol.md §4)."""
     if not raw:
         return NONE
     try:

@@ -1,4 +1,4 @@
-"""One typed configuration object (contract section 6).
+"""One typed configuration object (deploy.md).
 
 Values come from flags, then the environment (a ``.env`` file is read by the CLI), then
 defaults.  A missing or malformed value raises :class:`ConfigError` with one line that
@@ -21,7 +21,7 @@ T = TypeVar("T")
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 MIN_SECRET_BYTES = 32
-# Values people paste from examples; refused whatever their length (contract section 7).
+# Values people paste from examples; refused whatever their length (security.md).
 _PLACEHOLDERS = re.compile(
     r"(change[-_ ]?me|changeit|replace[-_ ]?me|your[-_ ]?secret|secret|example|"
     r"placeholder|password|xxx+|todo)([-_ ]?(please|now|later|here|secret|key|\d+))*",
@@ -163,7 +163,7 @@ def _origins(raw: str) -> tuple[str, ...]:
 
 
 def check_secret(raw: str) -> str:
-    """JWT_SECRET as contract section 7 wants it, or :class:`ConfigError`."""
+    """JWT_SECRET as security.md wants it, or :class:`ConfigError`."""
     if _PLACEHOLDERS.fullmatch(raw.strip()):
         raise ConfigError("JWT_SECRET is a placeholder; set a random value of 32 bytes or more")
     if len(raw.encode()) < MIN_SECRET_BYTES:

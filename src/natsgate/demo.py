@@ -1,4 +1,4 @@
-"""``natsgate demo``: the data and services the demo page needs (contract section 6).
+"""``natsgate demo``: the data and services the demo page needs (deploy.md).
 
 Users ``alice`` and ``bob``; streams ``CHAT`` and ``NOTIFY`` (each user's notifications,
 ``notify.<user>``, read through a durable: docs/protocol.md, "Durable subscriptions and

@@ -7,7 +7,7 @@ upgrade a connection is a :class:`~natsgate.wsconn.WsConnection` of a few slots.
 
 Each new connection starts as a :class:`Front`, which reads the whole request head, within
 ``HEAD_TIMEOUT_S`` and ``MAX_HEAD`` bytes whatever the path (a peer trickling header lines
-is cut, contract section 7): ``GET /ws`` is upgraded here, anything else is handed, with
+is cut, security.md): ``GET /ws`` is upgraded here, anything else is handed, with
 the bytes read so far, to aiohttp's protocol for that one request. aiohttp then closes the
 connection after its response (no keep-alive, see :func:`one_request`), so every request
 head on this port passes through a ``Front``, and ``/ws`` has one way in.
@@ -54,7 +54,7 @@ TCP_NOTSENT_LOWAT: int | None = getattr(
 
 
 def origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...]) -> bool:
-    """Contract §2: a present Origin must be allowed; by default, the request's own host.
+    """protocol.md §2: a present Origin must be allowed; by default, the request's own host.
     Without this, cookie auth is open to cross-site WebSocket hijacking."""
     if origin is None:
         return True  # not a browser: nothing to hijack
@@ -75,7 +75,7 @@ def admit(
     *,
     refetched: bool = False,
 ) -> Identity:
-    """Who may open a WebSocket (contract §2), or :class:`HeadError` with the status.
+    """Who may open a WebSocket (protocol.md §2), or :class:`HeadError` with the status.
 
     :class:`UnknownKey` when the token names a key the identity provider's set may hold
     after a refetch (not yet ``refetched``, and one is allowed now): the caller fetches
@@ -117,7 +117,7 @@ async def one_request(request: web.Request, response: web.StreamResponse) -> Non
 def bound_unsent(t: asyncio.BaseTransport, limit: int) -> None:
     """Let the kernel take at most ``limit`` bytes not yet sent on this socket (Linux,
     macOS: ``TCP_NOTSENT_LOWAT``); past them, send() says EAGAIN and the rest waits in
-    the connection's outbox, where a stalled client is seen (contract section 5).
+    the connection's outbox, where a stalled client is seen (protocol.md §6).
 
     Without it Linux grows the send buffer up to ``net.ipv4.tcp_wmem``'s maximum (4 MiB
     by default): kernel memory per stalled client on top of ``OUTBOX_BYTES``, and a

@@ -1,4 +1,4 @@
-"""The one table of error codes and close codes (contract sections 3 and 5).
+"""The one table of error codes and close codes (protocol.md §3 and §6).
 
 Error codes travel in ``error`` envelopes; close codes end the WebSocket.  Each close code
 says whether a client should reconnect, like centrifuge's ``disconnect.go``.

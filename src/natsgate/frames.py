@@ -1,4 +1,4 @@
-"""Every frame the server sends (contract section 3), encoded here and nowhere else, and
+"""Every frame the server sends (protocol.md §3), encoded here and nowhere else, and
 the payload rules that make any NATS payload one line of valid UTF-8 JSON.
 
 Pure: no I/O. A frame that goes to many connections is encoded once (see :mod:`.hub`).

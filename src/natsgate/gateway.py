@@ -62,7 +62,7 @@ class Gateway:
             user_claim=config.jwt_user_claim,
         )
         # The gateway's own buckets: hashes and revocations never readable, capabilities
-        # only through a grant naming the bucket (contract section 7); presence members
+        # only through a grant naming the bucket (security.md); presence members
         # likewise: they are written by the gateway alone.
         self.reserved = Reserved(
             hidden=frozenset({config.auth_creds_bucket, config.auth_revoked_bucket}),

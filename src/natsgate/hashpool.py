@@ -1,4 +1,4 @@
-"""Password checks in a bounded pool (contract section 7).
+"""Password checks in a bounded pool (security.md).
 
 An argon2id check costs ~150 ms of CPU on purpose. Run on the default executor, a flood of
 logins (each from a fresh address and user name, so the throttle never bites) would queue

@@ -32,7 +32,7 @@ class _Entry:
 
     def __init__(self, pattern: str, skip: tuple[str, ...] = ()) -> None:
         self.pattern = pattern
-        # Contract §4: a pattern whose first token is a wildcard never delivers _INBOX./$
+        # protocol.md §4: a pattern whose first token is a wildcard never delivers _INBOX./$
         # subjects (NATS itself would).
         self.private_filter = pattern.split(".", 1)[0] in ("*", ">")
         self.skip = skip  # reserved prefixes it reaches only by a wildcard (the audit trail)

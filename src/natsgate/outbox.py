@@ -1,4 +1,4 @@
-"""One connection's bounded send queue and the slow-client verdict (contract section 5).
+"""One connection's bounded send queue and the slow-client verdict (protocol.md §6).
 
 Producers (fan-out, bridges, replies) call :meth:`Outbox.push`, which never blocks: fan-out
 must not wait on one slow socket (centrifuge ``writer.go``).  A push marks the outbox ready;

@@ -1,4 +1,4 @@
-"""The envelope (contract section 3): the ops a client sends, decoded and validated.
+"""The envelope (protocol.md §3): the ops a client sends, decoded and validated.
 
 Pure: no I/O.  ``decode_frame`` turns one WebSocket text frame into validated ops, or a
 :class:`~natsgate.errors.ProtocolError` per bad envelope; it never raises anything else.
@@ -36,7 +36,7 @@ KEY_RE = re.compile(r"^[-/_=.a-zA-Z0-9*>]+$")  # NATS KV keys, plus wildcards fo
 
 class _Op(Struct, tag_field="op", forbid_unknown_fields=True, kw_only=True):
     """Fields every client op may carry. ``data`` is accepted everywhere, used where the
-    contract gives it a meaning."""
+    protocol gives it a meaning."""
 
     v: Any = PROTOCOL_VERSION
     inbox: Inbox | None = None
@@ -225,7 +225,7 @@ _probe_decoder = msgspec.json.Decoder(_Probe)
 
 
 def decode_frame(frame: bytes | str) -> Iterator[ClientOp | ProtocolError]:
-    """Each newline-separated envelope of ``frame``, validated, in order (contract §1)."""
+    """Each newline-separated envelope of ``frame``, validated, in order (protocol.md §1)."""
     if isinstance(frame, str):
         frame = frame.encode()
     ascii_only = frame.isascii()  # the common case, and then certainly UTF-8
@@ -366,7 +366,7 @@ _legacy_decoder = msgspec.json.Decoder(_Legacy)
 
 
 def _legacy(raw: bytes, inbox: str | None) -> ClientOp | ProtocolError:
-    """Legacy ``{"type": "subscribe", "topic": ...}`` frames (contract §3)."""
+    """Legacy ``{"type": "subscribe", "topic": ...}`` frames (protocol.md §3)."""
     try:
         legacy = _legacy_decoder.decode(raw)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:

@@ -1,4 +1,4 @@
-"""Revoked tokens, the same on every gateway (contract section 7).
+"""Revoked tokens, the same on every gateway (security.md).
 
 ``POST /auth/logout`` revokes the one token it was given (by its ``jti``) until that token
 expires; ``natsgate user revoke ID`` revokes every token of a user issued before now (by

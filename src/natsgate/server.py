@@ -1,4 +1,4 @@
-"""The HTTP side of the port (contract sections 2, 6, 7): ``/auth/*``, ``/healthz``,
+"""The HTTP side of the port (protocol.md §2, deploy.md and security.md): ``/auth/*``, ``/healthz``,
 ``/metrics``, the browser library, and the front end (built-in static files or, with
 ``--proxy``, a dev server). ``/ws`` is upgraded before aiohttp sees it (:mod:`.edge`)."""
 
@@ -79,7 +79,7 @@ def _token(request: web.Request) -> str:
 def _form_refusal(request: web.Request, gw: Gateway) -> web.Response | None:
     """``/auth/login`` and ``/auth/logout`` change the session cookie: JSON only (a form
     or ``text/plain`` post from another site is not a CORS "simple" request then) and the
-    WebSocket's Origin check (contract section 7: no login CSRF)."""
+    WebSocket's Origin check (security.md: no login CSRF)."""
     if request.content_type != "application/json":
         return _error(415, "send Content-Type: application/json")
     if not origin_allowed(request.headers.get("Origin"), request.host, gw.config.allowed_origins):

@@ -144,7 +144,7 @@ class Session:
     # ------------------------------------------------------------------ life cycle
 
     async def open(self) -> None:
-        """Load capabilities and send them first (contract §1)."""
+        """Load capabilities and send them first (protocol.md §1)."""
         self.caps = await self.gw.capstore.join(self.user, self)
         self.outbox.push(frames.encode_cap_update(self.caps.to_json(), []))
         self._arm_expiry()
@@ -233,7 +233,7 @@ class Session:
     def disconnected(self) -> None:
         """The socket is gone (the peer closed it, vanished, or a write failed): free
         everything, once the frames the client sent before are handled. A ``pub`` sent
-        right before ``close()`` is published, as the contract's "in order" promises;
+        right before ``close()`` is published, as the protocol's "in order" promises;
         only its reply has nowhere to go."""
         if self.state is not State.OPEN or self._ending:
             return
@@ -366,7 +366,7 @@ class Session:
             self._inq_bytes = 0
 
     async def on_frame(self, frame: bytes | str) -> None:
-        """Handle each envelope of a client frame on its own, in order (contract §1)."""
+        """Handle each envelope of a client frame on its own, in order (protocol.md §1)."""
         self.seen()
         for item in p.decode_frame(frame):
             if self.state is not State.OPEN:
@@ -433,7 +433,7 @@ class Session:
     # ------------------------------------------------------------------ capabilities
 
     def caps_changed(self, caps: Capabilities) -> None:
-        """End what the new capabilities no longer allow, then say so (contract §4)."""
+        """End what the new capabilities no longer allow, then say so (protocol.md §4)."""
         if self.state is not State.OPEN:
             return
         self.caps = caps

@@ -5,7 +5,7 @@ delivery filtering and key-pattern routing all call it.
 
 Rules (NATS docs, "Subject-Based Messaging"): tokens are separated by ``.``, none may be
 empty or contain whitespace; ``*`` matches exactly one token; ``>`` matches one or more
-tokens and may only stand last.  Added by the contract (section 4): subjects whose first
+tokens and may only stand last.  Added by the protocol (protocol.md §4): subjects whose first
 token is ``_INBOX`` or starts with ``$`` are never matched or covered by a pattern whose
 first token is a wildcard, so that a grant of ``>`` does not expose other users' command
 replies or the JetStream/KV API.
@@ -18,7 +18,7 @@ import re
 MAX_SUBJECT_LENGTH = 1024
 # Whitespace (Unicode's too), C0 and C1 control characters and DEL: NATS splits protocol
 # lines on whitespace, and a control character in a subject reaches every log and UI that
-# shows it (contract section 7).
+# shows it (security.md).
 _FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
 
 

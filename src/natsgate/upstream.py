@@ -57,8 +57,8 @@ async def flush(nc: Client, within: float = 5.0) -> None:
 
 
 def credentials(c: Config) -> dict[str, Any]:
-    """nats-py options for NATS_CREDS, or NATS_JWT + NATS_NKEY (contract §6), or
-    NATS_USER + NATS_PASSWORD (the embedded server's one user, contract §7)."""
+    """nats-py options for NATS_CREDS, or NATS_JWT + NATS_NKEY (deploy.md), or
+    NATS_USER + NATS_PASSWORD (the embedded server's one user, security.md)."""
     if c.nats_creds:
         return {"user_credentials": str(c.nats_creds)}
     if c.nats_jwt and c.nats_nkey:

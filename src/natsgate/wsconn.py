@@ -49,7 +49,7 @@ PARTIAL_INPUT_BYTES = 256 << 20  # unfinished input of all connections together 
 
 class InputBudget:
     """The bytes of unfinished client messages that all connections of the process hold
-    together (contract: partial input is bounded in bytes). One per process: otherwise
+    together (protocol: partial input is bounded in bytes). One per process: otherwise
     10,000 connections, each 1 byte short of a MAX_FRAME_BYTES message, hold 10 GiB.
 
     A read that would take the total over ``limit`` closes its connection; the overshoot

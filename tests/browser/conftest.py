@@ -223,7 +223,7 @@ class GatewayProcess:
             pass
 
     async def _wait_healthy(self) -> None:
-        """/healthz says 200 once the gateway's NATS connection is up (contract §6)."""
+        """/healthz says 200 once the gateway's NATS connection is up (deploy.md)."""
         async with aiohttp.ClientSession() as http:
             while True:
                 with contextlib.suppress(aiohttp.ClientError):

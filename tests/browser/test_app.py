@@ -76,7 +76,7 @@ async def test_revoked_capability_stops_the_feed(pages: Pages, backend: Backend)
     for feed in ("chat", "todos"):
         await expect(alice.get_by_test_id(f"{feed}-status")).to_have_attribute("data-state", "live")
 
-    # Stored after the page saw the cap_update: the contract says it is not delivered while
+    # Stored after the page saw the cap_update: the protocol says it is not delivered while
     # the grant is gone. So that it would have shown up by now if it were, a chat line
     # published after it must arrive first.
     meanwhile = f"while revoked {unique('')}"
@@ -109,7 +109,7 @@ async def test_deleted_capabilities_revoke_every_feed(pages: Pages, backend: Bac
         1
     )
 
-    await backend.set_caps("alice", None)  # contract §4: deleting the key revokes everything
+    await backend.set_caps("alice", None)  # protocol.md §4: deleting the key revokes everything
     for feed in ("chat", "todos", "notify"):
         await expect(alice.get_by_test_id(f"{feed}-status")).to_have_attribute(
             "data-state", "revoked"

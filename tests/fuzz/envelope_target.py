@@ -4,7 +4,7 @@ Run by hand for longer: ``python -m tests.fuzz.envelope_target -runs=1000000``.
 The properties (``properties.py``): decoding any bytes yields ops or ProtocolErrors, never
 another exception, and every error has a message for people; whatever the gateway would
 send about them, and the input as a NATS payload, is one line of valid UTF-8 JSON, with
-payloads as the contract's rules say.
+payloads as the protocol's rules say.
 """
 
 from __future__ import annotations

@@ -2,12 +2,12 @@
 and hypothesis (``tests/test_fuzz_decoder.py``, ``tests/test_protocol.py``).
 
 1. Decoding any bytes yields ops or ProtocolErrors, never another exception, and every
-   error has a message for people (contract section 3).
+   error has a message for people (protocol.md §3).
 2. Whatever the gateway would send about a decoded op or error, and any NATS payload it
    would carry in a ``msg`` or ``cmd`` reply, is one line of valid UTF-8 JSON: the frame
    decodes as UTF-8, parses as JSON (strictly: no NaN or Infinity), holds no raw newline
-   (frames are newline-joined, contract section 1) and is an object with an ``op``
-   (contract section 7: "every envelope the server sends is valid UTF-8 JSON").
+   (frames are newline-joined, protocol.md §1) and is an object with an ``op``
+   (security.md: "every envelope the server sends is valid UTF-8 JSON").
 3. Payloads follow the rules of section 3: JSON as itself, other UTF-8 text as a string,
    other bytes as base64 with ``"enc": "base64"``.
 """

@@ -1,3 +1,3 @@
-"""Operating the gateways (contract section 10): :mod:`.bus` is what each gateway answers
+"""Operating the gateways (protocol.md §7): :mod:`.bus` is what each gateway answers
 on NATS about its connections, :mod:`.routes` the HTTP API and console for administrators
 (the page itself is the repository's ``admin/`` folder)."""

@@ -1,4 +1,4 @@
-"""Every gateway's connections, on request (contract section 10).
+"""Every gateway's connections, on request (protocol.md §7).
 
 Each gateway answers NATS requests on ``$NATSGATE.admin.<AUTH_BUCKET>.connections`` (its
 connections) and ``...disconnect`` (close those of a user or with a conn id, 4003); the
@@ -7,8 +7,8 @@ for ``QUIET_S``, at most ``GATHER_S`` (scatter-gather: how many gateways there a
 known). Gateways sharing an auth bucket are one deployment; another one on the same NATS
 has other subjects.
 
-Who can ask: the subjects start with ``$``, so no wildcard grant reaches them (contract
-section 4), and the gateway treats the prefix as hidden (``Reserved.hidden_subjects``): no
+Who can ask: the subjects start with ``$``, so no wildcard grant reaches them (protocol.md §4),
+and the gateway treats the prefix as hidden (``Reserved.hidden_subjects``): no
 grant at all reaches it through the gateway. Any message the gateway sends for a user
 carries ``Natsgate-User``; a request with that header is ignored all the same. What is
 left is what NATS itself lets through: a NATS user allowed to publish there (the gateways'

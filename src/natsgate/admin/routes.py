@@ -1,4 +1,4 @@
-"""The administrators' HTTP side (contract section 10): ``/admin`` (the console's files) and
+"""The administrators' HTTP side (protocol.md §7): ``/admin`` (the console's files) and
 ``/admin/api/*``.
 
 Who: a token (the ``jwt`` cookie of ``/auth/login``, or ``Authorization: Bearer``) of a

@@ -1,7 +1,7 @@
 """Core NATS on the write side: ``pub`` and ``cmd`` (subscriptions go through the hub).
 
 Every message the gateway sends for a client carries ``Natsgate-User``, set here and only
-here, so services can trust who is asking (contract §3).
+here, so services can trust who is asking (protocol.md §3).
 """
 
 from __future__ import annotations

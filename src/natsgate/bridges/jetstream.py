@@ -1,5 +1,5 @@
 """JetStream reads (``js_sub``): from a sequence, a time, or only new messages; in stream
-order with no gap and no duplicate, also across NATS reconnects (contract §3)."""
+order with no gap and no duplicate, also across NATS reconnects (protocol.md §3)."""
 
 from __future__ import annotations
 

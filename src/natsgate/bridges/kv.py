@@ -1,4 +1,4 @@
-"""KV watches (``kv_sub``): current values first, then live changes (contract §3).
+"""KV watches (``kv_sub``): current values first, then live changes (protocol.md §3).
 
 A bucket is the stream ``KV_<bucket>``; a key's writes go to ``$KV.<bucket>.<key>`` with a
 ``KV-Operation`` header for deletes and purges.  The watch is a :class:`Reader` starting at

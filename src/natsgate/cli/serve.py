@@ -223,7 +223,7 @@ def cmd_serve(args: argparse.Namespace, argv: list[str], *, demo: bool) -> int:
     creds = Credentials.generate()
     env_file = cfg.data_dir.resolve() / ENV_FILE
     if cfg.local:
-        # contract §7: the embedded server accepts only the user made here, so no other
+        # security.md: the embedded server accepts only the user made here, so no other
         # local process can rewrite the auth buckets; the operator's tools read env_file
         store = cfg.data_dir.resolve() / "jetstream"
         port = 4222 if _port_free("127.0.0.1", 4222) else -1

@@ -8,7 +8,7 @@ See ``docs/python-client.md``.
 Exceptions: everything the client reports is a :class:`NatsgateError` with a ``code``::
 
     NatsgateError
-      code: the gateway's error codes (contract section 3): forbidden, not_found, timeout,
+      code: the gateway's error codes (protocol.md §3): forbidden, not_found, timeout,
             no_responders, bad_request, limit, unauthorized, ...
             or the client's own: disconnected, closed, protocol (and timeout)
 """

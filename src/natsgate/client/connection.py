@@ -179,7 +179,7 @@ class Connection(Emitter):
 
     async def _run(self) -> None:
         """Dial, serve, and re-dial until closed, as :func:`reconnect.decide` says after
-        each attempt (contract sections 2, 5)."""
+        each attempt (protocol.md §2 and §6)."""
         retry = Retry()
         try:
             while True:
@@ -278,7 +278,7 @@ class Connection(Emitter):
             while True:
                 if self._conn_open:
                     msg = await ws.receive()
-                else:  # the first envelope must come soon (contract section 1)
+                else:  # the first envelope must come soon (protocol.md §1)
                     msg = await ws.receive(timeout=max(0.001, deadline - loop.time()))
                 t = msg.type
                 if t is text or t is binary:
@@ -356,7 +356,7 @@ class Connection(Emitter):
     # ================================================================== sending
 
     async def _flush(self) -> None:
-        """Write queued ops, newline-batched (contract section 1), in order."""
+        """Write queued ops, newline-batched (protocol.md §1), in order."""
         while self._out:
             out, size, n = self._out, 0, 0
             while n < len(out) and (n == 0 or size + len(out[n]) < MAX_BATCH_BYTES):
@@ -403,7 +403,7 @@ class Connection(Emitter):
     # ================================================================== receiving
 
     def _on_frame(self, frame: bytes) -> None:
-        """Each newline-separated envelope of a frame, in order (contract section 1)."""
+        """Each newline-separated envelope of a frame, in order (protocol.md §1)."""
         for line in frame.split(b"\n"):
             if not line:
                 continue

@@ -1,4 +1,4 @@
-"""Durable JetStream subscriptions (contract section 3, "Durable subscriptions and
+"""Durable JetStream subscriptions (protocol.md §3, "Durable subscriptions and
 acknowledgements"): the position lives on the NATS server under a name, so a later
 connection, from any device, continues where the last one stopped.
 
@@ -50,7 +50,7 @@ class DurableOwner(Owner, Protocol):
 
 class Binding:
     """One binding of a durable to one connection.  The gateway takes a ``js_ack`` only
-    for a message awaiting it on the connection it was delivered on (contract: otherwise
+    for a message awaiting it on the connection it was delivered on (protocol: otherwise
     ``bad_request``), so a message's ack goes out only while its binding lasts; after
     that NATS delivers the message again, to whichever binding comes next."""
 
@@ -198,7 +198,7 @@ class DurableSubscription(JsSubscription):
 
 
 def check_durable(durable: str, ack: str, ack_wait_ms: int | None) -> None:
-    """The contract's rules on a durable ``js_sub``'s own fields, checked before sending:
+    """The protocol's rules on a durable ``js_sub``'s own fields, checked before sending:
     NatsgateError ``bad_request`` when they are broken."""
     if not isinstance(durable, str) or not DURABLE_RE.match(durable):
         raise NatsgateError("bad_request", f"durable names are 1-32 of A-Za-z0-9_-: {durable!r}")

@@ -1,4 +1,4 @@
-"""The ops awaiting answers, by inbox (contract section 1: the gateway answers an op on
+"""The ops awaiting answers, by inbox (protocol.md §1: the gateway answers an op on
 the ``inbox`` it came with): requests, settled by their ``reply``/``error`` (or ``pong``),
 by their deadline or by the loss of their socket; and (re)subscribe ops, whose answer goes
 to their subscription.  No I/O here: the connection sends, this keeps the table.

@@ -109,7 +109,7 @@ def decide(
     policy: Policy,
     rand: Callable[[], float] = random.random,
 ) -> Decision:
-    """What to do after ``outcome`` (contract sections 2 and 5; docs/python-client.md).
+    """What to do after ``outcome`` (protocol.md §2 and §6; docs/python-client.md).
 
     Close codes follow :func:`~natsgate.errors.close_action`: STOP stops, AUTH (4001)
     reconnects only with a new token (stops without a provider), PROMPT reconnects after

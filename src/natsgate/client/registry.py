@@ -1,4 +1,4 @@
-"""Which subscription a frame belongs to (contract section 3), and which ones a
+"""Which subscription a frame belongs to (protocol.md §3), and which ones a
 ``cap_update`` ended (section 4).
 
 Every ``msg`` names what it was subscribed with in ``sub``: the core pattern, the KV key

@@ -47,7 +47,7 @@ class Owner(Protocol):
 
 def matches(pattern: str, subject: str) -> bool:
     """NATS matching; ``>`` alone matches everything (KV keys and stream subjects are not
-    subject to the contract's ``_INBOX``/``$`` rule, which is about grants)."""
+    subject to the protocol's ``_INBOX``/``$`` rule, which is about grants)."""
     return pattern == ">" or match(pattern, subject)
 
 
@@ -256,7 +256,7 @@ class JsSubscription(Subscription[JsMessage]):
     """Ordered delivery from stream ``target``, optionally of the subjects matching
     ``filter``.  ``last_seq`` is the highest stream sequence handed over (a sequence at
     or below it is dropped); a re-subscribe after a reconnect starts at ``last_seq + 1``
-    (contract section 3), so nothing is skipped or repeated.  ``gap`` is true when the
+    (protocol.md §3), so nothing is skipped or repeated.  ``gap`` is true when the
     last (re)subscribe's reply said the stream no longer holds everything asked for.
     """
 

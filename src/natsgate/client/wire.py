@@ -1,4 +1,4 @@
-"""The client's side of the envelope (contract section 3), and its pure rules.
+"""The client's side of the envelope (protocol.md §3), and its pure rules.
 
 No I/O: decoding server frames, encoding client ops, payload decoding.  The public
 message types are here too, because they are what a decoded frame becomes.  What to do
@@ -22,7 +22,7 @@ from msgspec import UNSET, Raw, Struct, UnsetType
 class NatsgateError(Exception):
     """Every failure the client reports.
 
-    ``code`` is one of the contract's error codes (``bad_request``, ``unsupported_version``,
+    ``code`` is one of the protocol's error codes (``bad_request``, ``unsupported_version``,
     ``unauthorized``, ``forbidden``, ``not_found``, ``timeout``, ``no_responders``,
     ``limit``, ``backpressure``, ``internal``) when the gateway refused something, or one
     of the client's own:
@@ -30,7 +30,7 @@ class NatsgateError(Exception):
     - ``disconnected``: the socket dropped while the op was in flight (it may or may not
       have taken effect), or the client could not get a connection in time;
     - ``closed``: the client (or the subscription) was closed first;
-    - ``protocol``: the gateway sent something the contract does not allow.
+    - ``protocol``: the gateway sent something the protocol does not allow.
 
     ``timeout`` is also the client's own when no answer came within an op's timeout plus
     a grace period.  ``target`` is the op's target when the error concerns one.
@@ -105,7 +105,7 @@ class Acks(Protocol):
 class JsMessage:
     """A JetStream ``msg``: ``seq`` is the stream sequence, ``time`` RFC 3339.
 
-    From a durable with explicit acks (contract section 3, durable subscriptions),
+    From a durable with explicit acks (protocol.md §3, durable subscriptions),
     ``delivery`` counts its deliveries (1 the first time) and the handler settles it with
     one of :meth:`ack`, :meth:`nak` or :meth:`term`, once; otherwise ``delivery`` is None.
     """
@@ -157,7 +157,7 @@ class DurableInfo:
     ack_pending: int
 
 
-DURABLE_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")  # contract: durable names
+DURABLE_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")  # protocol.md: durable names
 MIN_ACK_WAIT_MS, MAX_ACK_WAIT_MS = 1_000, 600_000
 
 
@@ -189,7 +189,7 @@ class Envelope(Struct):
     inbox: str | None = None
     data: Raw = Raw(b"null")
     sub: str | None = None
-    durable: str | None = None  # a durable's msg names it (contract: durable subscriptions)
+    durable: str | None = None  # a durable's msg names it (protocol: durable subscriptions)
     enc: str | None = None
     headers: Headers | None = None
     v: int = 1

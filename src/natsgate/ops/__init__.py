@@ -1,4 +1,4 @@
-"""Every client op, in one table: op type -> handler (contract section 3).
+"""Every client op, in one table: op type -> handler (protocol.md §3).
 
 A handler takes the connection as :class:`~.context.Conn` and the decoded op, and either
 answers it (``reply``, a ``pong``, a command's reply later) or raises

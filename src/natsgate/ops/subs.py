@@ -58,7 +58,7 @@ def release_all(conn: Conn) -> None:
 
 
 def revoke(conn: Conn, caps: Capabilities) -> list[dict[str, str]]:
-    """End what ``caps`` no longer allow (contract §4); how ``cap_update`` names them."""
+    """End what ``caps`` no longer allow (protocol.md §4); how ``cap_update`` names them."""
     reserved = conn.services.reserved
     revoked = []
     for sub in list(conn.subs.values()):

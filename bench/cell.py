@@ -7,7 +7,8 @@ cell's dict:
 2. ``idle_memory``: RSS of the target's processes with every client idle, minus the RSS
    before the first client came, per client (and the idle CPU);
 3. ``latency``: a fixed moderate rate; publish to the LAST client that received it, p50
-   and p99, and loss after a drain, which must be 0;
+   and p99, the same over every single delivery (each client's latency for each
+   message), and loss after a drain, which must be 0;
 4. ``throughput``: for a fixed window as fast as the target delivers; deliveries per
    second, loss after a drain, CPU per delivery, the load generators' CPU;
 5. ``connections_at_end``: disconnects, close codes and connections still open.
@@ -27,6 +28,7 @@ from typing import Any
 
 import psutil
 
+from bench import hist
 from bench.common import Counters
 from bench.machine import noise, system_cpu
 from bench.procs import Child, ChildDied, cpu_seconds, rss_bytes
@@ -61,6 +63,7 @@ async def set_up(rig: Rig, proto: str, subjects: list[str], concurrency: int) ->
     return {
         "connected": ok,
         "failed": sum(e["failed"] for e in evs),
+        "deflate_agreed": sum(e.get("deflate_agreed", 0) for e in evs),
         "errors": merge_counts(e["errors"] for e in evs),
         "seconds": round(setup_s, 3),
         "conns_per_s": round(ok / setup_s, 1) if setup_s > 0 else None,
@@ -86,7 +89,8 @@ async def idle_memory(rig: Rig, n: int, rss_before: int, mode: Mode) -> dict[str
 async def latency(
     rig: Rig, pub_subjects: list[str], fanout: int, distinct: bool, mode: Mode
 ) -> dict[str, Any]:
-    """Publish at a fixed moderate rate; per message, the time to the last client."""
+    """Publish at a fixed moderate rate; per message, the time to the last client, and
+    per delivery, the time to each client."""
     rate = latency_rate(fanout, distinct)
     await rig.loadgens_latency(True)
     l_srv, l_nats = cpu_seconds(rig.sut_procs), cpu_seconds(rig.nats_procs)
@@ -112,6 +116,7 @@ async def latency(
     lats = sorted((v[1] - v[2]) / 1e6 for v in complete)
     firsts = sorted((v[3] - v[2]) / 1e6 for v in complete)
     delivered = sum(st["delivered"] for st in stats)
+    every = hist.merge(st["hist"] for st in stats)
     return {
         "rate_msgs_per_s": rate,
         "published": res["published"],
@@ -121,6 +126,12 @@ async def latency(
         "p99_ms": round(pct(lats, 0.99), 3),
         "max_ms": round(lats[-1], 3) if lats else None,
         "first_client_p50_ms": round(pct(firsts, 0.50), 3),
+        # every delivery: each client's latency for each message (10 us buckets)
+        "per_delivery_samples": hist.count(every),
+        "per_delivery_p50_ms": round(hist.quantile_ms(every, 0.50), 3),
+        "per_delivery_p99_ms": round(hist.quantile_ms(every, 0.99), 3),
+        "per_delivery_max_ms": round(hist.quantile_ms(every, 1.0), 3),
+        "per_delivery_hist": {str(k): v for k, v in sorted(every.items())},
         # in publish order, when there are few (it shows warm-up and stalls)
         "series_ms": [round((v[1] - v[2]) / 1e6, 1) for _, v in sorted(merged.items())]
         if len(merged) <= 200
@@ -226,7 +237,10 @@ async def run_cell(
     run_dir: Path,
     profile_to: Path | None = None,
     gc_probe: bool = False,
+    profile_latency_to: Path | None = None,
 ) -> dict[str, Any]:
+    """``profile_to``: py-spy the gateway's throughput window into that file;
+    ``profile_latency_to``: its latency phase (at 1,000 Hz: the phase is mostly idle)."""
     cell: dict[str, Any] = {
         "natsgate_code": natsgate_code(opts.natsgate_src) if t.kind == "natsgate" else None,
         "target": t.name,
@@ -255,7 +269,15 @@ async def run_cell(
             )
             return cell
         cell["memory"] = await idle_memory(rig, n, rss_before, mode)
+        lat_profiler = None
+        if profile_latency_to is not None and rig.sut.server is not None:
+            lat_profiler = start_profiler(
+                rig.sut.server, profile_latency_to, mode.latency_s, cell_dir, rate=1000
+            )
+            await asyncio.sleep(1.0)  # let py-spy attach before the phase starts
         cell["latency"] = await latency(rig, pub_subjects, fanout, distinct, mode)
+        if lat_profiler is not None:
+            cell["latency_profile"] = await finish_profiler(lat_profiler, profile_latency_to)  # type: ignore[arg-type]
         await rig.loadgens_latency(False)
         rig.refresh()  # workers may have moved
         profiler = None
@@ -334,7 +356,9 @@ def summary_line(cell: dict[str, Any]) -> str:
     s, m, la, tp = cell["setup"], cell["memory"], cell["latency"], cell["throughput"]
     return (
         f"{s['conns_per_s']:>8.0f} conn/s {m['per_conn_bytes'] / 1024:6.1f} KiB/conn "
-        f"p50 {la['p50_ms']:7.2f} p99 {la['p99_ms']:7.2f} ms loss {la['loss']} | "
+        f"p50 {la['p50_ms']:7.2f} p99 {la['p99_ms']:7.2f} ms "
+        f"(each {la['per_delivery_p50_ms']:.2f}/{la['per_delivery_p99_ms']:.2f}) "
+        f"loss {la['loss']} | "
         f"{tp['delivered_per_s']:>10.0f} msg/s pub {tp['publish_rate']:>8.0f}/s "
         f"{tp['server_cpu_us_per_delivery']:6.2f} us/dlv loss {tp['loss']} "
         f"lg {tp['loadgen_cpu_pct']:.0f}% other {noise(cell):.0f}% ({cell['cell_seconds']}s)"

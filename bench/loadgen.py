@@ -20,8 +20,14 @@ Three client protocols, each counted as cheaply as the protocol allows:
   connect, ``421["join",subject]`` with an ack, live at ``431[...]``; every ``42[...]`` frame
   is one delivery; ``2`` pings are answered with ``3``.
 
+With ``COMPRESSION`` set (and not ``off``) the ``nats`` clients offer permessage-deflate
+too (nats-server's listener agrees when its config says ``compression: true``) and inflate
+compressed messages the same way, fragmented ones once whole.
+
 In latency mode every frame is also searched for ``"s":<seq>,"t":<ns>`` and the process
-keeps, per sequence number, how many of its clients got it and when the last one did.
+keeps, per sequence number, how many of its clients got it and when the last one did, and
+every single delivery's latency (publish to that client) in a histogram
+(``bench/hist.py``).
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from typing import Any
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 from bench.common import SEQ_PATTERN, Counters, commands, install_uvloop, raise_nofile, say
+from bench.hist import BUCKET_NS
 
 MAX_LIFETIME_S = 1800
 CONNECT_TIMEOUT_S = 20.0
@@ -73,6 +80,9 @@ class Gen:
         self.latency = False
         # seq -> [clients that got it, last ns, publish ns, first ns]
         self.lat: dict[int, list[int]] = {}
+        # every delivery's latency: 10 us bucket -> deliveries (bench/hist.py)
+        self.hist: dict[int, int] = {}
+        self.deflate_agreed = 0  # clients whose handshake agreed permessage-deflate
         self.closing = False
         self.disconnects = 0
         self.close_reasons: collections.Counter[str] = collections.Counter()
@@ -84,12 +94,15 @@ class Gen:
         self.mv[self.slot] = self.delivered
 
     def record(self, data: bytes, now: int) -> None:
-        lat = self.lat
+        lat, hist = self.lat, self.hist
         for m in SEQ_RE.finditer(data):
             seq = int(m.group(1))
+            tp = int(m.group(2))
+            b = max(0, now - tp) // BUCKET_NS
+            hist[b] = hist.get(b, 0) + 1
             e = lat.get(seq)
             if e is None:
-                lat[seq] = [1, now, int(m.group(2)), now]
+                lat[seq] = [1, now, tp, now]
             else:
                 e[0] += 1
                 e[1] = now  # time only grows within one process: this is the max
@@ -100,6 +113,7 @@ class Gen:
         self.wire_bytes = self.plain_bytes = 0
         self.mv[self.slot] = 0
         self.lat = {}
+        self.hist = {}
         self.latency = latency
 
 
@@ -185,11 +199,26 @@ class NatsClient(Client):
         super().__init__(gen, subject, ready)
         self.tail = b""  # the last 3 bytes of the previous frame (a split "MSG " token)
         self.carry = b""  # latency mode: an incomplete payload at the end of a frame
+        self.parts: list[bytes] | None = None  # a compressed message's fragments so far
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         if self.control(frame):
             return
         data = frame.get_payload_as_bytes()
+        if frame.rsv1 or self.parts is not None:
+            # permessage-deflate: RSV1 on the first frame only; inflate once it is whole
+            gen = self.gen
+            gen.wire_bytes += len(data)
+            if not frame.fin:
+                self.parts = [*(self.parts or []), data]
+                return
+            if self.parts is not None:
+                data, self.parts = b"".join([*self.parts, data]), None
+            data = zlib.decompressobj(-15).decompress(data + TAIL)
+            gen.plain_bytes += len(data)
+        elif DEFLATE and self.live:
+            self.gen.wire_bytes += len(data)
+            self.gen.plain_bytes += len(data)
         if self.live:
             n = data.count(b"MSG ")
             tail = self.tail
@@ -271,7 +300,7 @@ async def connect_all(gen: Gen, cmd: dict[str, Any]) -> dict[str, Any]:
     cls = CLIENTS[cmd["proto"]]
     url: str = cmd["url"]
     headers: dict[str, str] = cmd.get("headers") or {}
-    if DEFLATE and cmd["proto"] == "natsgate":
+    if DEFLATE and cmd["proto"] in ("natsgate", "nats"):
         headers = {**headers, "Sec-WebSocket-Extensions": DEFLATE_OFFER}
     sem = asyncio.Semaphore(int(cmd.get("concurrency", 64)))
     loop = asyncio.get_running_loop()
@@ -299,6 +328,9 @@ async def connect_all(gen: Gen, cmd: dict[str, Any]) -> dict[str, Any]:
                     CONNECT_TIMEOUT_S,
                 )
                 gen.transports.append(transport)
+                ext = transport.response.headers.get("Sec-WebSocket-Extensions") or ""
+                if "permessage-deflate" in str(ext):
+                    gen.deflate_agreed += 1
                 await asyncio.wait_for(ready, CONNECT_TIMEOUT_S)
                 ok += 1
             except Exception as exc:  # a failure to count, not to crash on
@@ -315,6 +347,7 @@ async def connect_all(gen: Gen, cmd: dict[str, Any]) -> dict[str, Any]:
         "ev": "connected",
         "ok": ok,
         "failed": sum(errors.values()),
+        "deflate_agreed": gen.deflate_agreed,
         "errors": dict(errors.most_common(5)),
         "t0": t0,
         "t1": time.time(),
@@ -353,6 +386,7 @@ async def main(slot: int, counters_path: str, slots: int) -> None:
                             "wire_bytes": gen.wire_bytes,
                             "plain_bytes": gen.plain_bytes,
                             "lat": {str(k): v for k, v in gen.lat.items()},
+                            "hist": {str(k): v for k, v in gen.hist.items()},
                             "disconnects": gen.disconnects,
                             "close_reasons": dict(gen.close_reasons),
                             "open": sum(1 for t in gen.transports if not t.is_disconnected),

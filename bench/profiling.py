@@ -17,7 +17,9 @@ from bench.procs import REGISTRY, Server, tail
 from bench.settings import ROOT
 
 
-def start_profiler(server: Server, out: Path, window: float, cell_dir: Path) -> Any:
+def start_profiler(
+    server: Server, out: Path, window: float, cell_dir: Path, rate: int = 200
+) -> Any:
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(pyspy).exists():
         return None
@@ -37,7 +39,7 @@ def start_profiler(server: Server, out: Path, window: float, cell_dir: Path) -> 
             "--duration",
             str(int(window + 2)),
             "--rate",
-            "200",
+            str(rate),
             "--nonblocking",
         ],
         stdout=log,

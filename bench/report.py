@@ -58,11 +58,13 @@ def table(result: dict[str, Any], workload: str) -> list[str]:
         "| publisher CPU % | kernel softirq CPU % | other processes CPU % |",
         "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
+    every = _per_delivery(result)
     head_l = [
         "| target | subscribers | rate msg/s | p50 ms | p99 ms (samples) | first client p50 ms "
-        "| loss | server CPU µs/delivery | other processes CPU % | KiB/idle conn "
+        + ("| every delivery p50 / p99 ms (samples) " if every else "")
+        + "| loss | server CPU µs/delivery | other processes CPU % | KiB/idle conn "
         "| idle server CPU % | set-up conn/s |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "|---|--:|--:|--:|--:|--:|" + ("--:|" if every else "") + "--:|--:|--:|--:|--:|--:|",
     ]
     rows_t, rows_l = [], []
     for c in _cells(result, workload):
@@ -70,7 +72,10 @@ def table(result: dict[str, Any], workload: str) -> list[str]:
         if "throughput" not in c:
             why = c.get("error", "?")[:160].replace("|", "/").replace("\n", " ")
             rows_t.append(f"| {name} | {c['subscribers']:,} | failed: {why} | | | | | | | | | |")
-            rows_l.append(f"| {name} | {c['subscribers']:,} | failed | | | | | | | | | |")
+            rows_l.append(
+                f"| {name} | {c['subscribers']:,} | failed | | | | | | | | | |"
+                + (" |" if every else "")
+            )
             continue
         tp, la, me, se = c["throughput"], c["latency"], c["memory"], c["setup"]
         rows_t.append(
@@ -85,7 +90,14 @@ def table(result: dict[str, Any], workload: str) -> list[str]:
             f"| {name} | {c['subscribers']:,} | {_num(la['rate_msgs_per_s'])} "
             f"| {_ms(la['p50_ms'])} | {_ms(la['p99_ms'])} ({la['samples']})"
             f"{' †' if (la.get('drain_s') or 0) > 2 else ''} "
-            f"| {_ms(la.get('first_client_p50_ms'))} | {la['loss']:,} "
+            f"| {_ms(la.get('first_client_p50_ms'))} "
+            + (
+                f"| {_ms(la.get('per_delivery_p50_ms'))} / {_ms(la.get('per_delivery_p99_ms'))} "
+                f"({_num(la.get('per_delivery_samples'))}) "
+                if every
+                else ""
+            )
+            + f"| {la['loss']:,} "
             f"| {_num(la.get('server_cpu_us_per_delivery'), 1)} "
             f"| {_num(la.get('other_cpu_pct'))} "
             f"| {_num(me['per_conn_bytes'] / 1024, 1)} | {_num(me.get('idle_server_cpu_pct'), 1)} "
@@ -111,6 +123,11 @@ def table(result: dict[str, Any], workload: str) -> list[str]:
     return out
 
 
+def _per_delivery(result: dict[str, Any]) -> bool:
+    """Whether the run measured every delivery's latency (older results files did not)."""
+    return any("per_delivery_p99_ms" in (c.get("latency") or {}) for c in result["cells"])
+
+
 def _get(result: dict[str, Any], workload: str, target: str, n: int) -> dict[str, Any] | None:
     for c in result["cells"]:
         if (c.get("workload"), c.get("target"), c.get("subscribers")) == (workload, target, n):
@@ -130,10 +147,12 @@ def _ratio(a: float | None, b: float | None) -> str:
 
 
 def ratios(result: dict[str, Any]) -> list[str]:
+    every = _per_delivery(result)
     rows = [
         "| workload | subscribers | vs | throughput | CPU µs/delivery | p99 latency "
-        "| memory/conn | set-up rate |",
-        "|---|--:|---|--:|--:|--:|--:|--:|",
+        + ("| p99 latency, every delivery " if every else "")
+        + "| memory/conn | set-up rate |",
+        "|---|--:|---|--:|--:|--:|" + ("--:|" if every else "") + "--:|--:|",
     ]
     seen = set()
     for c in result["cells"]:
@@ -150,12 +169,14 @@ def ratios(result: dict[str, Any]) -> list[str]:
             if o is None:
                 continue
             a_tp, b_tp = ng["throughput"], o["throughput"]
-            us = "server_cpu_us_per_delivery"
+            a_la, b_la = ng["latency"], o["latency"]
+            us, pd = "server_cpu_us_per_delivery", "per_delivery_p99_ms"
+            each = f"| {_ratio(a_la.get(pd), b_la.get(pd))} " if every else ""
             rows.append(
                 f"| {wl} | {n:,} | {other} "
                 f"| {_ratio(a_tp['delivered_per_s'], b_tp['delivered_per_s'])} "
                 f"| {_ratio(a_tp[us], b_tp[us])} "
-                f"| {_ratio(ng['latency']['p99_ms'], o['latency']['p99_ms'])} "
+                f"| {_ratio(a_la['p99_ms'], b_la['p99_ms'])} {each}"
                 f"| {_ratio(ng['memory']['per_conn_bytes'], o['memory']['per_conn_bytes'])} "
                 f"| {_ratio(ng['setup']['conns_per_s'], o['setup']['conns_per_s'])} |"
             )

@@ -13,8 +13,8 @@ from typing import Any
 import psutil
 
 from bench.common import Counters
-from bench.procs import REGISTRY, Child
-from bench.settings import CellOptions
+from bench.procs import REGISTRY, Child, free_port
+from bench.settings import DEFLATE, CellOptions
 from bench.sut import Sut, Target, start_target
 
 
@@ -52,6 +52,22 @@ class Rig:
         return [await c.ask({"cmd": "collect"}, 60) for c in self.lgs]
 
 
+def nats_websocket(target: bool) -> tuple[int | None, str]:
+    """nats-server's WebSocket listener when it is the target: ``(-1, "")`` for the
+    runner's own block, or, with compression (``COMPRESSION`` set), a port of ours and a
+    block of ours that says ``compression: true`` (the runner's block has no such line)."""
+    if not target:
+        return None, ""
+    if not DEFLATE:
+        return -1, ""
+    port = free_port()
+    block = (
+        f'websocket {{\n  host: "127.0.0.1"\n  port: {port}\n  no_tls: true\n'
+        "  compression: true\n}"
+    )
+    return port, block
+
+
 async def start_rig(
     t: Target,
     n: int,
@@ -66,13 +82,17 @@ async def start_rig(
     from natsgate.natsrunner import NatsServer
 
     k = max(1, min(opts.loadgens, n))
+    ws_port, ws_block = nats_websocket(t.kind == "nats")
     nats = NatsServer(
         store_dir=cell_dir / "js",
         port=-1,
         http_port=None,
-        websocket_port=-1 if t.kind == "nats" else None,
+        websocket_port=-1 if ws_port == -1 else None,
+        extra_config=ws_block,
         log_file=cell_dir / "nats-server.log",
     ).start()
+    if ws_block:
+        nats.websocket_port = ws_port
     stack.callback(nats.stop)
     REGISTRY.add(nats.proc.pid)  # type: ignore[union-attr]
     nats_procs = [psutil.Process(nats.proc.pid)]  # type: ignore[union-attr]

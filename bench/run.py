@@ -37,10 +37,10 @@ if __package__ in (None, ""):  # run as a file: python bench/run.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.cell import run_cell, summary_line
-from bench.common import install_uvloop, raise_nofile
+from bench.common import CHAT, install_uvloop, raise_nofile
 from bench.machine import machine, noise, wait_quiet
 from bench.procs import kill_leftovers
-from bench.settings import DOCS, FULL, QUICK, RESULTS, ROOT, CellOptions, Mode
+from bench.settings import COMPRESSION, DEFLATE, DOCS, FULL, QUICK, RESULTS, ROOT, CellOptions, Mode
 from bench.sut import TARGETS, workers_supported
 
 
@@ -93,6 +93,33 @@ async def diagnostics(
     result["diagnostics"] = diag
 
 
+async def latency_profile(
+    mode: Mode, args: argparse.Namespace, run_dir: Path, result: dict[str, Any]
+) -> None:
+    """``--profile-latency``: one more natsgate cell at 1,000 subscribers on one subject
+    with py-spy on its latency phase (where a burst's time goes, socket by socket)."""
+    out = RESULTS / "profile-natsgate-1000-latency.speedscope.json"
+    print(
+        f"[{time.strftime('%H:%M:%S')}] diagnostic: natsgate   1000 (py-spy, latency) ...",
+        end=" ",
+        flush=True,
+    )
+    before = await wait_quiet(args.noisy, args.quiet_wait)
+    cell = await run_cell(
+        TARGETS["natsgate"],
+        "fanout",
+        1000,
+        mode,
+        cell_options(args),
+        run_dir,
+        profile_latency_to=out,
+    )
+    cell["diagnostic"] = "py-spy on the latency phase"
+    cell["before"] = before
+    result["latency_profile"] = cell
+    print(summary_line(cell), flush=True)
+
+
 async def diagnostics_only(args: argparse.Namespace, result: dict[str, Any]) -> dict[str, Any]:
     """``--diagnostics-only``: run the diagnostic cells again into an existing results file
     (for instance against the same natsgate source as its tables, with --natsgate-src)."""
@@ -121,6 +148,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         mode = dataclasses.replace(mode, sizes=tuple(args.sizes))
     if args.distinct is not None:
         mode = dataclasses.replace(mode, distinct=args.distinct)
+    if args.latency_s is not None:
+        mode = dataclasses.replace(mode, latency_s=args.latency_s)
+    if args.throughput_s is not None:
+        mode = dataclasses.replace(mode, throughput_s=args.throughput_s)
     names = args.targets or list(TARGETS)
     opts = cell_options(args)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -145,6 +176,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 "loadgens": args.loadgens,
                 "concurrency": args.concurrency,
                 "payload_bytes": 100,
+                "payload": "chat" if CHAT else "padded",
+                "compression": COMPRESSION,
             },
         },
         "targets": {},
@@ -155,7 +188,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         t = TARGETS[name]
         avail = not (t.workers > 1 and not ok)
         result["targets"][name] = {
-            "label": t.label,
+            "label": t.label + (compression_note(t.kind) if DEFLATE else ""),
             "available": avail,
             "why": "" if avail else why,
         }
@@ -208,11 +241,22 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 print(summary_line(cell), flush=True)
         if args.profile and "natsgate" in names:
             await diagnostics(mode, args, run_dir, result)
+        if args.profile_latency:
+            await latency_profile(mode, args, run_dir, result)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
     result["meta"]["seconds"] = round(time.time() - started, 1)
     result["meta"]["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     return result
+
+
+def compression_note(kind: str) -> str:
+    """What COMPRESSION means for a target's label."""
+    if kind == "natsgate":
+        return f", COMPRESSION={COMPRESSION}"
+    if kind == "nats":
+        return ", compression: true"
+    return " (no compression)"
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -237,6 +281,15 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="clients on as many distinct subjects (0: skip; full mode: 1000)",
     )
+    ap.add_argument(
+        "--latency-s", type=float, default=None, help="latency phase seconds (default: by mode)"
+    )
+    ap.add_argument(
+        "--throughput-s",
+        type=float,
+        default=None,
+        help="throughput window seconds (default: by mode)",
+    )
     ap.add_argument("--loadgens", type=int, default=2, help="load generator processes")
     ap.add_argument(
         "--concurrency",
@@ -249,6 +302,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="py-spy the gateway at 1,000 subscribers (default: on in full mode)",
+    )
+    ap.add_argument(
+        "--profile-latency",
+        action="store_true",
+        help="one more natsgate cell at 1,000 subscribers with py-spy on its latency phase "
+        "(bench/results/profile-natsgate-1000-latency.speedscope.json)",
     )
     ap.add_argument(
         "--noisy",
@@ -291,6 +350,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--keep", action="store_true", help="keep each cell's logs (in /tmp)")
     ap.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
+    ap.add_argument(
+        "--no-latest",
+        action="store_true",
+        help="do not overwrite bench/results/latest.json (a partial run's results file "
+        "only; latest.json stays the last full run's)",
+    )
     args = ap.parse_args(argv)
     if args.profile is None:
         args.profile = not args.quick
@@ -324,8 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     path = RESULTS / f"{result['meta']['timestamp']}.json"  # diagnostics-only: the same file
     text = json.dumps(result, indent=1)
     path.write_text(text)
-    (RESULTS / "latest.json").write_text(text)
-    print(f"results: {path.relative_to(ROOT)} (and latest.json)")
+    if not args.no_latest:
+        (RESULTS / "latest.json").write_text(text)
+    print(f"results: {path.relative_to(ROOT)}" + ("" if args.no_latest else " (and latest.json)"))
     if not args.no_docs:
         from bench.report import write_docs
 

@@ -3,12 +3,18 @@ windows), the options every cell shares, and the rates and bounds derived from t
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 DOCS = ROOT / "docs" / "benchmarks.md"
+
+# COMPRESSION (the gateway's own variable, inherited by it) set and not "off": the load
+# generators offer permessage-deflate, and nats-server's listener has compression on
+COMPRESSION = os.environ.get("COMPRESSION", "off")
+DEFLATE = COMPRESSION != "off"
 
 
 @dataclass(frozen=True)

@@ -38,8 +38,7 @@ import psutil
 from bench.common import install_uvloop, payload
 from bench.machine import machine
 from bench.procs import REGISTRY, Child, cpu_seconds, kill_leftovers
-from bench.scaleclient import BUCKET_US
-from bench.settings import RESULTS
+from bench.settings import BUCKET_US, RESULTS
 from bench.sut import Target, natsgate_code, start_target
 
 BCAST = "bench.bcast.all"

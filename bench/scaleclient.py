@@ -25,10 +25,10 @@ from typing import Any
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 from bench.common import SEQ_PATTERN, commands, install_uvloop, raise_nofile, say
+from bench.settings import BUCKET_US
 
 MAX_LIFETIME_S = 1800
 CONNECT_TIMEOUT_S = 30.0
-BUCKET_US = 100  # the latency histogram's resolution
 SEQ_RE = re.compile(SEQ_PATTERN)
 TEXT, CLOSE = WSMsgType.TEXT, WSMsgType.CLOSE
 

@@ -55,3 +55,6 @@ def latency_rate(subscribers_per_msg: int, distinct: bool) -> float:
 def budget(total_subscribers: int) -> int:
     """The publisher's in-flight bound, in deliveries (see bench/publisher.py)."""
     return min(200_000, 2000 * total_subscribers)
+
+
+BUCKET_US = 100  # the scale benchmark's latency histogram resolution (bench/scale.py)

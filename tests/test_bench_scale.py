@@ -6,7 +6,7 @@ import collections
 import math
 
 from bench.scale import hist_pct, needed_sysctls
-from bench.scaleclient import BUCKET_US
+from bench.settings import BUCKET_US
 from hypothesis import given
 from hypothesis import strategies as st
 

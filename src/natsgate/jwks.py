@@ -128,7 +128,7 @@ class KeySet:
 
     async def _load(self) -> bool:
         try:
-            keys = usable(PyJWKSet.from_dict(await self._download()))
+            keys = usable(PyJWKSet.from_dict(await self.download()))
         except (FetchError, jwt.PyJWTError, ValueError, TypeError, AttributeError) as exc:
             log.warning("cannot load the key set from %s: %s", self.url, exc)
             self._count("failed")
@@ -158,7 +158,9 @@ class KeySet:
         if self.metrics is not None:
             self.metrics.jwks_fetches.labels(outcome).inc()
 
-    async def _download(self) -> dict[str, Any]:
+    async def download(self) -> dict[str, Any]:
+        """One fetch of the key set's JSON, bounded in time and size (``natsgate check``
+        uses it alone)."""
         try:
             async with (
                 asyncio.timeout(self.timeout_s),

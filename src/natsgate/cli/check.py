@@ -73,7 +73,7 @@ async def _check_jwks(cfg: Config) -> int:
     keyset = KeySet(url)
     keyset.timeout_s = JWKS_TIMEOUT_S
     try:
-        keys = usable(jwt.PyJWKSet.from_dict(await keyset._download()))
+        keys = usable(jwt.PyJWKSet.from_dict(await keyset.download()))
     except (FetchError, jwt.PyJWTError, ValueError, TypeError, AttributeError) as exc:
         print(f"JWKS: cannot fetch the key set from {url}: {exc or type(exc).__name__}")
         return 1

@@ -165,6 +165,17 @@ def test_credentials_file_goes_when_the_server_stops(local: Local) -> None:
     assert (local.data_dir / "jetstream").is_dir()  # the data stays
 
 
+def test_the_embedded_server_goes_with_a_killed_gateway(local: Local) -> None:
+    """SIGKILL leaves the gateway no chance to stop its nats-server: the kernel does it
+    (the server would otherwise hold port 4222 and the JetStream store for the next start)."""
+    servers = [c for c in psutil.Process(local.proc.pid).children() if "nats-server" in c.name()]
+    assert len(servers) == 1, servers
+    local.proc.kill()
+    local.proc.wait()
+    _, alive = psutil.wait_procs(servers, timeout=3 * T)
+    assert alive == [], "the embedded nats-server outlived its killed gateway"
+
+
 async def test_user_add_finds_the_embedded_server_by_data_dir(local: Local, tmp_path: Path) -> None:
     await wait_healthy(local.port)
     url = local.nats()["NATS_URL"]

@@ -13,6 +13,7 @@ the ``nats`` CLI and natsgate both read.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import secrets
@@ -24,6 +25,7 @@ import sys
 import sysconfig
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,6 +116,27 @@ def find_binary() -> str:
     )
 
 
+def _parent_death_signal() -> Callable[[], None] | None:
+    """What the child runs before exec so that the kernel sends it SIGTERM when its parent
+    dies (``PR_SET_PDEATHSIG``): a ``serve --local`` killed with SIGKILL would otherwise
+    leave its nats-server running, holding port 4222 and the JetStream store. Linux only;
+    resolved here, before the fork, so the child only makes the call. Only for a process
+    that starts the server from its main thread with no other threads (the signal follows
+    the thread that forked)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig, sigterm = 1, int(signal.SIGTERM)
+
+    def run() -> None:
+        prctl(pr_set_pdeathsig, sigterm)
+
+    return run
+
+
 @dataclass
 class NatsServer:
     """One nats-server process. ``port=-1`` picks a free port (read back when ready)."""
@@ -130,6 +153,7 @@ class NatsServer:
     extra_config: str = ""
     credentials: Credentials | None = None  # accept only this user; None: anyone
     log_file: Path | None = None
+    die_with_parent: bool = False  # Linux: SIGTERM when the starting process dies, even killed
     proc: subprocess.Popen[bytes] | None = None
     client_url: str = ""
     monitor_url: str = ""
@@ -186,7 +210,12 @@ class NatsServer:
         # its own session: a Ctrl-C or a SIGTERM to the terminal's process group reaches
         # the gateway alone, which drains its NATS connection and then stops this server
         # (otherwise the server died first and the drain waited out DRAIN_TIMEOUT)
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_parent_death_signal() if self.die_with_parent else None,
+        )
         deadline = time.monotonic() + timeout
         ports_file = ports_dir / f"nats-server_{self.proc.pid}.ports"
         while time.monotonic() < deadline:

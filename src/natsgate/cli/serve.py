@@ -228,7 +228,9 @@ def cmd_serve(args: argparse.Namespace, argv: list[str], *, demo: bool) -> int:
         store = cfg.data_dir.resolve() / "jetstream"
         port = 4222 if _port_free("127.0.0.1", 4222) else -1
         try:
-            nats_server = NatsServer(store_dir=store, port=port, credentials=creds).start()
+            nats_server = NatsServer(
+                store_dir=store, port=port, credentials=creds, die_with_parent=True
+            ).start()
         except NatsServerError as exc:
             return fail(str(exc), 1)
         try:

@@ -67,21 +67,28 @@ def verify_token(token: str, secret: str, *, now: float | None = None) -> Identi
         raise AuthError("token too long")
     if not secret:  # no JWT_SECRET (a JWKS-only gateway): no HS256 token is valid
         raise AuthError("invalid token")
+    claims = _decode(
+        token, secret, ALGORITHM, options={"require": ["sub", "exp"], "verify_aud": False}
+    )
+    return _identity(claims, "sub", now)
+
+
+def _decode(token: str, key: Any, algorithm: str, **checks: Any) -> dict[str, Any]:
+    """PyJWT's decode with one algorithm and no leeway; its errors as the reasons a client
+    is told (one table for HS256 tokens and the identity provider's)."""
     try:
-        claims = jwt.decode(
-            token,
-            secret,
-            algorithms=[ALGORITHM],
-            options={"require": ["sub", "exp"], "verify_aud": False},
-            leeway=0,
-        )
+        claims: dict[str, Any] = jwt.decode(token, key, algorithms=[algorithm], leeway=0, **checks)
     except jwt.ExpiredSignatureError:
         raise AuthError("token expired") from None
     except jwt.MissingRequiredClaimError as exc:
         raise AuthError(f"token has no {exc.claim!r} claim") from None
+    except jwt.InvalidIssuerError:
+        raise AuthError("token issuer is not accepted") from None
+    except jwt.InvalidAudienceError:
+        raise AuthError("token audience is not accepted") from None
     except jwt.InvalidTokenError:
         raise AuthError("invalid token") from None
-    return _identity(claims, "sub", now)
+    return claims
 
 
 def _number(value: object) -> float | None:
@@ -142,31 +149,19 @@ class Verifier:
         return self._provider_token(token, key, now)
 
     def _provider_token(self, token: str, key: PyJWK, now: float | None) -> Identity:
-        try:
-            claims: dict[str, Any] = jwt.decode(
-                token,
-                key.key,
-                algorithms=[key.algorithm_name],  # the key's, whatever the header says
-                issuer=self.issuer,
-                audience=self.audience,
-                options={
-                    "require": ["exp"],
-                    "verify_aud": self.audience is not None,
-                    "verify_iss": self.issuer is not None,
-                    "verify_iat": False,  # the provider's clock may run ahead of ours
-                },
-                leeway=0,
-            )
-        except jwt.ExpiredSignatureError:
-            raise AuthError("token expired") from None
-        except jwt.MissingRequiredClaimError as exc:
-            raise AuthError(f"token has no {exc.claim!r} claim") from None
-        except jwt.InvalidIssuerError:
-            raise AuthError("token issuer is not accepted") from None
-        except jwt.InvalidAudienceError:
-            raise AuthError("token audience is not accepted") from None
-        except jwt.InvalidTokenError:
-            raise AuthError("invalid token") from None
+        claims = _decode(
+            token,
+            key.key,
+            key.algorithm_name,  # the key's, whatever the header says
+            issuer=self.issuer,
+            audience=self.audience,
+            options={
+                "require": ["exp"],
+                "verify_aud": self.audience is not None,
+                "verify_iss": self.issuer is not None,
+                "verify_iat": False,  # the provider's clock may run ahead of ours
+            },
+        )
         return _identity(claims, self.user_claim, now)
 
     async def check(self, token: str) -> Identity:

@@ -33,6 +33,18 @@ def unique(prefix: str = "t") -> str:
     return f"{prefix}{uuid.uuid4().hex[:10]}"
 
 
+def gateway_env(nats_url: str) -> dict[str, str]:
+    """What a ``natsgate`` process needs against a test nats-server: the test secret and
+    buckets of its own."""
+    return {
+        "JWT_SECRET": SECRET,
+        "NATS_URL": nats_url,
+        "AUTH_BUCKET": unique("caps_"),
+        "AUTH_CREDS_BUCKET": unique("creds_"),
+        "AUTH_REVOKED_BUCKET": unique("revoked_"),
+    }
+
+
 @pytest.fixture(scope="session")
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
     server = NatsServer(store_dir=tmp_path_factory.mktemp("js")).start()
@@ -101,4 +113,16 @@ async def connect(gw: Gw, user: str, *, first: bool = True, **kw: Any) -> WsClie
     return c
 
 
-__all__ = ["SECRET", "Gw", "Path", "T", "WsClient", "aiohttp", "connect", "json", "os", "unique"]
+__all__ = [
+    "SECRET",
+    "Gw",
+    "Path",
+    "T",
+    "WsClient",
+    "aiohttp",
+    "connect",
+    "gateway_env",
+    "json",
+    "os",
+    "unique",
+]

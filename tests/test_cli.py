@@ -21,7 +21,7 @@ from natsgate.auth import mint_token
 from natsgate.config import ConfigError, Flags, load
 from natsgate.natsrunner import NatsServer
 
-from .conftest import SECRET, unique
+from .conftest import SECRET, gateway_env
 from .helpers import T, WsClient
 
 NATSGATE = [sys.executable, "-m", "natsgate"]
@@ -124,11 +124,7 @@ def gateway_proc(nats_server: NatsServer) -> Iterator[dict[str, Any]]:
     port = free_port()
     env = {
         **os.environ,
-        "JWT_SECRET": SECRET,
-        "NATS_URL": nats_server.url,
-        "AUTH_BUCKET": unique("caps_"),
-        "AUTH_CREDS_BUCKET": unique("creds_"),
-        "AUTH_REVOKED_BUCKET": unique("revoked_"),
+        **gateway_env(nats_server.url),
     }
     proc = subprocess.Popen(
         [*NATSGATE, "serve", "--host", "127.0.0.1", "--port", str(port), "--log", "info"],

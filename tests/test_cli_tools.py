@@ -19,7 +19,7 @@ import pytest
 from natsgate.auth import mint_token
 from natsgate.natsrunner import NatsServer, find_binary
 
-from .conftest import SECRET, unique
+from .conftest import SECRET, gateway_env
 from .helpers import T, WsClient
 from .test_cli import free_port, run, wait_healthy
 from .test_local_nats import clean_env, start_local
@@ -109,11 +109,7 @@ async def test_token_beside_serve_local(tmp_path: Path) -> None:
 
 def test_check_against_a_server_with_jetstream(nats_server: NatsServer, tmp_path: Path) -> None:
     env = {
-        "JWT_SECRET": SECRET,
-        "NATS_URL": nats_server.url,
-        "AUTH_BUCKET": unique("caps_"),
-        "AUTH_CREDS_BUCKET": unique("creds_"),
-        "AUTH_REVOKED_BUCKET": unique("revoked_"),
+        **gateway_env(nats_server.url),
     }
     r = run(["check"], env)
     assert r.returncode == 0, r.stdout + r.stderr

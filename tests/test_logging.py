@@ -20,7 +20,7 @@ from natsgate.auth import mint_token
 from natsgate.cli.logs import JsonFormatter
 from natsgate.natsrunner import NatsServer
 
-from .conftest import SECRET, unique
+from .conftest import SECRET, gateway_env
 from .helpers import T, WsClient, eventually
 from .test_cli import NATSGATE, free_port, run
 
@@ -72,11 +72,7 @@ def json_gateway(nats_server: NatsServer) -> Iterator[tuple[subprocess.Popen[str
     port = free_port()
     env = {
         **os.environ,
-        "JWT_SECRET": SECRET,
-        "NATS_URL": nats_server.url,
-        "AUTH_BUCKET": unique("caps_"),
-        "AUTH_CREDS_BUCKET": unique("creds_"),
-        "AUTH_REVOKED_BUCKET": unique("revoked_"),
+        **gateway_env(nats_server.url),
         "LOG_FORMAT": "json",
         # a key set nobody serves: the gateway warns (and keeps trying) in the log
         "JWT_JWKS_URL": f"http://127.0.0.1:{free_port()}/certs",

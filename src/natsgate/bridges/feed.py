@@ -79,6 +79,21 @@ class ReaderFeed(Feed):
         await self.reader.stop()
 
 
+class SnapshotFeed(ReaderFeed):
+    """A reader feed whose current values come first (KV watches, presence lists):
+    ``start`` returns once they are out; the subclass clears ``in_snapshot`` then."""
+
+    in_snapshot: bool
+
+    async def start(self) -> dict[str, Any]:
+        info = await self.reader.open()
+        if not info.num_pending:
+            self.in_snapshot = False
+        else:
+            await self.reader.pump(until=lambda: not self.in_snapshot)
+        return {}
+
+
 class Bridge:
     """The live feeds of one kind, so that NATS coming back re-reads them now rather than
     after a missed heartbeat."""

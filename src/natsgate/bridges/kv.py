@@ -8,8 +8,6 @@ framed by ``RESYNC`` and ``SYNCED`` markers so a client can drop keys deleted me
 
 from __future__ import annotations
 
-from typing import Any
-
 from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.errors import NotFoundError
@@ -20,13 +18,13 @@ from ..errors import ErrorCode, ProtocolError
 from ..kvmsg import PUT, kv_op
 from ..outbox import Outbox
 from ..upstream import Upstream
-from .feed import Bridge, ReaderFeed
+from .feed import Bridge, SnapshotFeed
 from .reader import Delivery, Start
 
 SNAPSHOT_BATCH = 256
 
 
-class KvFeed(ReaderFeed):
+class KvFeed(SnapshotFeed):
     def __init__(self, upstream: Upstream, outbox: Outbox, bucket: str, pattern: str) -> None:
         self.bucket = bucket
         self.pattern = pattern
@@ -76,14 +74,6 @@ class KvFeed(ReaderFeed):
         self.outbox.push(frames.encode_kv_marker(self.bucket, "RESYNC", self.pattern))
         if not info.num_pending:
             self._synced()
-
-    async def start(self) -> dict[str, Any]:
-        info = await self.reader.open()
-        if not info.num_pending:
-            self.in_snapshot = False
-        else:
-            await self.reader.pump(until=lambda: not self.in_snapshot)
-        return {}
 
 
 class KvBridge(Bridge):

@@ -34,7 +34,7 @@ from ..kvmsg import PURGE, PUT, kv_op
 from ..members import Member, decode_member, encode_member, member_key, subject_key
 from ..outbox import Outbox
 from ..upstream import Upstream
-from .feed import Bridge, ReaderFeed
+from .feed import Bridge, SnapshotFeed
 from .reader import Delivery, Start
 
 log = logging.getLogger("natsgate.presence")
@@ -44,7 +44,7 @@ SWEEP_S = 0.5  # how often stale members are looked for where NATS leaves no mar
 WRITE_TIMEOUT_S = 5.0
 
 
-class PresenceFeed(ReaderFeed):
+class PresenceFeed(SnapshotFeed):
     """One ``presence_sub``: the members of one subject, then their joins and leaves."""
 
     def __init__(self, bridge: PresenceBridge, outbox: Outbox, subject: str) -> None:
@@ -124,14 +124,6 @@ class PresenceFeed(ReaderFeed):
             if now - at > ttl:
                 del self.members[key]
                 self._emit("leave", member)
-
-    async def start(self) -> dict[str, Any]:
-        info = await self.reader.open()
-        if not info.num_pending:
-            self.in_snapshot = False
-        else:
-            await self.reader.pump(until=lambda: not self.in_snapshot)
-        return {}
 
     def halt(self) -> None:
         self._halted = True

@@ -5,6 +5,7 @@ a failing handler never costs the connection."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from nats.aio.client import Client as NATS
@@ -129,3 +130,41 @@ async def test_drain_ends_with_direct_subscriptions(nats_server: NatsServer) -> 
     async with asyncio.timeout(T):
         await d.drain()
     assert d.is_closed
+
+
+async def test_the_reader_takes_large_rounds_after_connect_and_reconnect(
+    tmp_path: Path,
+) -> None:
+    """A backlog from NATS is read up to READ_LIMIT per event loop step (each connection
+    then gets its share in one frame), also on the connection made after a reconnect."""
+    server = NatsServer(store_dir=tmp_path / "js").start()
+    server.port = int(server.url.rsplit(":", 1)[1])  # the same port again after the restart
+    reconnected = asyncio.Event()
+
+    async def on_reconnect() -> None:
+        reconnected.set()
+
+    nc = Client()
+    try:
+        await nc.connect(server.url, reconnected_cb=on_reconnect, reconnect_time_wait=0.1)
+        first = nc._transport._io_reader  # type: ignore[union-attr]
+        assert first._limit == directsub.READ_LIMIT
+        server.stop()
+        server.start()
+        async with asyncio.timeout(T):
+            await reconnected.wait()
+        second = nc._transport._io_reader  # type: ignore[union-attr]
+        assert second is not first
+        assert second._limit == directsub.READ_LIMIT
+        got = Seen()
+        await nc.subscribe_direct("after.>", lambda s, d, h: got.add(d))
+        await nc.publish("after.x", b"1")
+        await got.wait(1)
+    finally:
+        await nc.close()
+        server.stop()
+
+
+def test_widen_leaves_what_it_does_not_know() -> None:
+    assert not directsub.widen(object())
+    assert not directsub.widen(None)

@@ -105,7 +105,9 @@ class Child:
         self.err = err
 
     @classmethod
-    async def start(cls, name: str, argv: list[str], run_dir: Path) -> Child:
+    async def start(
+        cls, name: str, argv: list[str], run_dir: Path, env: dict[str, str] | None = None
+    ) -> Child:
         err = run_dir / f"{name}.err"
         with _open_log(err) as f:
             proc = await asyncio.create_subprocess_exec(
@@ -114,7 +116,7 @@ class Child:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=f,
                 cwd=ROOT,
-                env={**os.environ, "PYTHONPATH": str(ROOT)},
+                env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
                 preexec_fn=die_with_parent,
                 limit=1 << 26,
             )

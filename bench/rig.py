@@ -14,7 +14,7 @@ import psutil
 
 from bench.common import Counters
 from bench.procs import REGISTRY, Child, free_port
-from bench.settings import DEFLATE, CellOptions
+from bench.settings import CellOptions
 from bench.sut import Sut, Target, start_target
 
 
@@ -52,13 +52,13 @@ class Rig:
         return [await c.ask({"cmd": "collect"}, 60) for c in self.lgs]
 
 
-def nats_websocket(target: bool) -> tuple[int | None, str]:
+def nats_websocket(target: bool, deflate: bool) -> tuple[int | None, str]:
     """nats-server's WebSocket listener when it is the target: ``(-1, "")`` for the
-    runner's own block, or, with compression (``COMPRESSION`` set), a port of ours and a
+    runner's own block, or, with compression (the target's), a port of ours and a
     block of ours that says ``compression: true`` (the runner's block has no such line)."""
     if not target:
         return None, ""
-    if not DEFLATE:
+    if not deflate:
         return -1, ""
     port = free_port()
     block = (
@@ -82,7 +82,7 @@ async def start_rig(
     from natsgate.natsrunner import NatsServer
 
     k = max(1, min(opts.loadgens, n))
-    ws_port, ws_block = nats_websocket(t.kind == "nats")
+    ws_port, ws_block = nats_websocket(t.kind == "nats", t.deflate)
     nats = NatsServer(
         store_dir=cell_dir / "js",
         port=-1,
@@ -115,6 +115,7 @@ async def start_rig(
                 f"loadgen{i}",
                 [sys.executable, "-m", "bench.loadgen", str(i), str(counters_file), str(k)],
                 cell_dir,
+                env={"COMPRESSION": t.compressing},  # whether its clients offer deflate
             )
         )
         children.append(lgs[-1])

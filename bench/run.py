@@ -40,8 +40,8 @@ from bench.cell import run_cell, summary_line
 from bench.common import CHAT, install_uvloop, raise_nofile
 from bench.machine import machine, noise, wait_quiet
 from bench.procs import kill_leftovers
-from bench.settings import COMPRESSION, DEFLATE, DOCS, FULL, QUICK, RESULTS, ROOT, CellOptions, Mode
-from bench.sut import TARGETS, workers_supported
+from bench.settings import COMPRESSION, DOCS, FULL, QUICK, RESULTS, ROOT, CellOptions, Mode
+from bench.sut import TARGETS, Target, workers_supported
 
 
 def cell_options(args: argparse.Namespace) -> CellOptions:
@@ -188,7 +188,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         t = TARGETS[name]
         avail = not (t.workers > 1 and not ok)
         result["targets"][name] = {
-            "label": t.label + (compression_note(t.kind) if DEFLATE else ""),
+            "label": t.label + (compression_note(t) if t.deflate else ""),
             "available": avail,
             "why": "" if avail else why,
         }
@@ -250,11 +250,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def compression_note(kind: str) -> str:
-    """What COMPRESSION means for a target's label."""
-    if kind == "natsgate":
-        return f", COMPRESSION={COMPRESSION}"
-    if kind == "nats":
+def compression_note(t: Target) -> str:
+    """What compression means for a target's label."""
+    if t.kind == "natsgate":
+        return f", COMPRESSION={t.compressing}"
+    if t.kind == "nats":
         return ", compression: true"
     return " (no compression)"
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.procs import ChildDied, Server, free_port, wait_for_line
-from bench.settings import ROOT
+from bench.settings import COMPRESSION, ROOT
 
 BENCH_USER = "bench"
 SECRET = "bench-secret-not-for-production-0123456789abcdef"
@@ -34,6 +34,17 @@ class Target:
     kind: str  # how to start it
     workers: int = 1
     label: str = ""
+    # COMPRESSION for this target's cells (natsgate's variable; for nats-server, its
+    # listener's compression and the clients' offer); None: the run's (bench/settings.py)
+    compression: str | None = None
+
+    @property
+    def compressing(self) -> str:
+        return COMPRESSION if self.compression is None else self.compression
+
+    @property
+    def deflate(self) -> bool:
+        return self.compressing != "off"
 
 
 TARGETS = {
@@ -41,6 +52,9 @@ TARGETS = {
     "natsgate-w2": Target("natsgate-w2", "natsgate", "natsgate", 2, "natsgate --workers 2"),
     "nats-server": Target("nats-server", "nats", "nats", 1, "nats-server WebSocket"),
     "socketio": Target("socketio", "socketio", "socketio", 1, "python-socketio bridge"),
+    # compression on, whatever COMPRESSION says: beside the plain targets in one run
+    "natsgate-z": Target("natsgate-z", "natsgate", "natsgate", 1, "natsgate (1 process)", "auto"),
+    "nats-server-z": Target("nats-server-z", "nats", "nats", 1, "nats-server WebSocket", "on"),
 }
 
 
@@ -171,7 +185,9 @@ async def start_target(
     if t.workers > 1:
         argv += ["--workers", str(t.workers)]
     # every load-generator client is BENCH_USER: the per-user connection limit is off
-    env.update(JWT_SECRET=SECRET, NATS_URL=nats.url, MAX_CONNS_PER_USER="0")
+    env.update(
+        JWT_SECRET=SECRET, NATS_URL=nats.url, MAX_CONNS_PER_USER="0", COMPRESSION=t.compressing
+    )
     if natsgate_src is not None:
         env["PYTHONPATH"] = f"{natsgate_src}{os.pathsep}{ROOT}"
     srv = Server(t.name, argv, run_dir / f"{t.name}.log", env, run_dir)

@@ -216,6 +216,59 @@ async def test_durables_per_user_are_limited(make_gw: Any, nc: NATS) -> None:
     await c.close()
 
 
+async def test_durables_past_the_first_page_of_consumers_count(make_gw: Any, nc: NATS) -> None:
+    """JetStream lists consumers a page at a time (256 infos, 1,024 names): a user's
+    durables behind 1,100 other consumers are still listed and still count towards the
+    limit (read from the first page only, they were neither)."""
+    gw: Gw = await make_gw(max_durables_per_user=2)
+    stream, prefix = unique("D"), unique("n")
+    js = nc.jetstream()
+    await js.add_stream(name=stream, subjects=[f"{prefix}.>"], max_consumers=2000)
+    # names that sort before every "ng_..." consumer, so the user's come last
+    for i in range(1100):
+        await js.add_consumer(stream, durable_name=f"a{i:04d}")
+    user = await _user(gw, stream)
+    c = await connect(gw, user)
+    for name in ("x", "y"):
+        await c.ok("js_sub", stream, {"durable": name})
+    assert (await c.error("js_sub", stream, {"durable": "z"}))["code"] == "limit"
+    listed = (await c.ok("js_durables", stream))["data"]["durables"]
+    assert [d["name"] for d in listed] == ["x", "y"]
+    await c.close()
+
+
+async def test_many_js_durables_at_once_share_listings(gw: Gw, nc: NATS) -> None:
+    """20 connections asking js_durables 10 times each (a connection's ops run one after
+    another): every one answered with the durable made before it, by far fewer
+    listings than requests (one at a time, shared by everyone waiting)."""
+    stream, _ = await _stream(nc)
+    user = await _user(gw, stream)
+    conns = [await connect(gw, user) for _ in range(20)]
+    await conns[0].ok("js_sub", stream, {"durable": "d"})
+    asked = 0
+
+    async def count(msg: Any) -> None:
+        nonlocal asked
+        asked += 1
+
+    # LIST or NAMES: a listing of the stream's consumers
+    sub = await nc.subscribe(f"$JS.API.CONSUMER.*.{stream}", cb=count)
+    await nc.flush()
+    frame = "\n".join(
+        json.dumps({"op": "js_durables", "target": stream, "inbox": f"q{i}"}) for i in range(10)
+    )
+    await asyncio.gather(*(c.send_raw(frame) for c in conns))
+    for c in conns:
+        replies = [await c.expect(op="reply") for _ in range(10)]
+        assert [r["inbox"] for r in replies] == [f"q{i}" for i in range(10)]
+        assert all([d["name"] for d in r["data"]["durables"]] == ["d"] for r in replies)
+    await nc.flush()
+    assert 1 <= asked <= 100, asked  # one listing per request: 200
+    await sub.unsubscribe()
+    for c in conns:
+        await c.close()
+
+
 async def test_another_device_on_another_gateway_continues(make_gw: Any, nc: NATS) -> None:
     """Connection A reads 10 of 20 and closes; connection B, on another gateway,
     continues at 11."""

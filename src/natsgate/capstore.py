@@ -41,6 +41,7 @@ from nats.js.kv import KeyValue
 
 from .bridges.reader import Delivery, Reader, Start
 from .capabilities import NONE, Capabilities
+from .coalesce import Coalesced
 from .kvmsg import kv_op
 from .upstream import Upstream
 
@@ -109,8 +110,7 @@ class CapStore:
         self._task: asyncio.Task[None] | None = None
         self._loads: set[asyncio.Task[None]] = set()
         # read your writes: the stream's last sequence, asked once for many joins
-        self._last_seq_next: asyncio.Future[int] | None = None  # for joins waiting to ask
-        self._asking: asyncio.Task[None] | None = None
+        self._last_seq = Coalesced(self._read_last_seq, "capabilities-last-seq")
         # stream sequences joins wait for the reader to reach; each given up after a while
         self._marks: dict[int, tuple[asyncio.Future[None], asyncio.TimerHandle]] = {}
 
@@ -225,7 +225,7 @@ class CapStore:
         if reader is None:
             return
         try:
-            last = await asyncio.shield(self._last_seq())
+            last = await asyncio.shield(self._last_seq.get())
         except Exception as exc:  # NATS away: the user's other connections know no more
             log.info("cannot read the last sequence of %s: %r", self._stream, exc)
             return
@@ -238,28 +238,9 @@ class CapStore:
             mark = self._marks[last] = (fut, timer)
         await asyncio.shield(mark[0])
 
-    def _last_seq(self) -> asyncio.Future[int]:
-        """The stream's last sequence, read after this call. Every call made while one
-        request is out shares the next request."""
-        if self._last_seq_next is None:
-            self._last_seq_next = asyncio.get_running_loop().create_future()
-            if self._asking is None or self._asking.done():
-                self._asking = asyncio.create_task(self._ask(), name="capabilities-last-seq")
-        return self._last_seq_next
-
-    async def _ask(self) -> None:
-        while (fut := self._last_seq_next) is not None:
-            self._last_seq_next = None  # calls from now on wait for the next request
-            try:
-                info = await self.upstream.js.stream_info(self._stream)
-            except Exception as exc:
-                fut.set_exception(exc)
-                fut.exception()  # retrieved: each waiter handles it
-            else:
-                fut.set_result(info.state.last_seq)
-            finally:
-                if not fut.done():  # cancelled by close(): so are its waiters
-                    fut.cancel()
+    async def _read_last_seq(self) -> int:
+        info = await self.upstream.js.stream_info(self._stream)
+        return int(info.state.last_seq)
 
     def _reached(self, seq: int) -> None:
         for mark in [m for m in self._marks if m <= seq]:
@@ -286,10 +267,8 @@ class CapStore:
             fut, timer = self._marks.pop(seq)
             timer.cancel()
             fut.set_result(None)
-        if self._last_seq_next is not None:
-            self._last_seq_next.cancel()
-            self._last_seq_next = None
-        tasks = [t for t in (self._task, self._asking, *self._loads) if t is not None]
+        await self._last_seq.close()
+        tasks = [t for t in (self._task, *self._loads) if t is not None]
         for task in tasks:
             task.cancel()
         if tasks:

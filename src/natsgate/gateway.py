@@ -184,6 +184,7 @@ class Gateway:
         await self.admin.close()
         await self.audit.close()
         await self.capstore.close()
+        await self.durables.close()
         await self.revocations.close()
         for task in list(self._tasks):
             if not task.done():

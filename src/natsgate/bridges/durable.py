@@ -26,6 +26,7 @@ from nats.js import api
 from nats.js.errors import NotFoundError
 
 from .. import frames
+from ..coalesce import Coalesced
 from ..config import Config
 from ..durables import NAME_KEY, OWNER_KEY, consumer_name, durable_of, user_prefix
 from ..errors import ErrorCode, ProtocolError
@@ -232,6 +233,8 @@ class DurableBridge:
     def __init__(self, upstream: Upstream, config: Config) -> None:
         self.upstream = upstream
         self.config = config
+        # consumer names per stream, one listing at a time (listing is O(consumers))
+        self._listings: dict[str, Coalesced[list[str]]] = {}
 
     async def _stream(self, stream: str) -> api.StreamInfo:
         try:
@@ -246,14 +249,49 @@ class DurableBridge:
             return None
         return info
 
-    async def _owned(self, user: str, stream: str) -> list[api.ConsumerInfo]:
+    async def _owned_names(self, user: str, stream: str) -> list[str]:
+        """The names of the user's consumers on the stream, read after this call."""
+        listing = self._listings.get(stream)
+        if listing is None:
+            listing = self._listings[stream] = Coalesced(
+                lambda: self._consumer_names(stream), f"durables-{stream}"
+            )
+        try:
+            names = await asyncio.shield(listing.get())
+        finally:
+            if listing.idle and self._listings.get(stream) is listing:
+                del self._listings[stream]
         prefix = user_prefix(user)
-        infos = await self.upstream.js.consumers_info(stream)
-        return [
-            c
-            for c in infos
-            if c.name.startswith(prefix) and (c.config.metadata or {}).get(OWNER_KEY) == user
-        ]
+        return [n for n in names if n.startswith(prefix)]
+
+    async def close(self) -> None:
+        listings, self._listings = list(self._listings.values()), {}
+        for listing in listings:
+            await listing.close()
+
+    async def _consumer_names(self, stream: str) -> list[str]:
+        """Every consumer name of the stream, page after page (JetStream answers at most
+        1,024 names, or 256 infos, at a time)."""
+        js = self.upstream.js
+        names: list[str] = []
+        while True:
+            resp = await js._api_request(  # nats-py has no call for CONSUMER.NAMES
+                f"{js._prefix}.CONSUMER.NAMES.{stream}",
+                json.dumps({"offset": len(names)}).encode(),
+                timeout=js._timeout,
+            )
+            page = resp.get("consumers") or []
+            names.extend(page)
+            if not page or len(names) >= int(resp.get("total", 0)):
+                return names
+
+    async def _owned(self, user: str, stream: str) -> list[api.ConsumerInfo]:
+        out = []
+        for name in await self._owned_names(user, stream):
+            ci = await self._consumer(stream, name)
+            if ci is not None and (ci.config.metadata or {}).get(OWNER_KEY) == user:
+                out.append(ci)
+        return out
 
     async def open(
         self,
@@ -296,7 +334,7 @@ class DurableBridge:
                 ci = None
         if ci is None:
             limit = self.config.max_durables_per_user
-            if len(await self._owned(user, stream)) >= limit:
+            if len(await self._owned_names(user, stream)) >= limit:
                 raise ProtocolError(
                     ErrorCode.LIMIT, f"at most {limit} durables per user on stream {stream!r}"
                 )

@@ -238,21 +238,29 @@ async def test_durables_past_the_first_page_of_consumers_count(make_gw: Any, nc:
 
 
 async def test_many_js_durables_at_once_share_listings(gw: Gw, nc: NATS) -> None:
-    """20 connections asking js_durables 10 times each (a connection's ops run one after
-    another): every one answered with the durable made before it, by far fewer
-    listings than requests (one at a time, shared by everyone waiting)."""
+    """20 connections of one user asking js_durables 10 times each (a connection's ops
+    run one after another): every one answered with the durables made before it, by far
+    fewer listings and consumer infos than one each per request (one at a time, shared
+    by everyone waiting)."""
     stream, _ = await _stream(nc)
     user = await _user(gw, stream)
     conns = [await connect(gw, user) for _ in range(20)]
-    await conns[0].ok("js_sub", stream, {"durable": "d"})
-    asked = 0
+    names = ["d0", "d1", "d2", "d3", "d4"]
+    for name in names:
+        await conns[0].ok("js_sub", stream, {"durable": name})
+    asked = infos = 0
 
     async def count(msg: Any) -> None:
         nonlocal asked
         asked += 1
 
-    # LIST or NAMES: a listing of the stream's consumers
+    async def count_info(msg: Any) -> None:
+        nonlocal infos
+        infos += 1
+
+    # LIST or NAMES: a listing of the stream's consumers; INFO: one consumer's
     sub = await nc.subscribe(f"$JS.API.CONSUMER.*.{stream}", cb=count)
+    sub_info = await nc.subscribe(f"$JS.API.CONSUMER.INFO.{stream}.*", cb=count_info)
     await nc.flush()
     frame = "\n".join(
         json.dumps({"op": "js_durables", "target": stream, "inbox": f"q{i}"}) for i in range(10)
@@ -261,10 +269,12 @@ async def test_many_js_durables_at_once_share_listings(gw: Gw, nc: NATS) -> None
     for c in conns:
         replies = [await c.expect(op="reply") for _ in range(10)]
         assert [r["inbox"] for r in replies] == [f"q{i}" for i in range(10)]
-        assert all([d["name"] for d in r["data"]["durables"]] == ["d"] for r in replies)
+        assert all([d["name"] for d in r["data"]["durables"]] == names for r in replies)
     await nc.flush()
     assert 1 <= asked <= 100, asked  # one listing per request: 200
+    assert 5 <= infos <= 500, infos  # five per request: 1,000
     await sub.unsubscribe()
+    await sub_info.unsubscribe()
     for c in conns:
         await c.close()
 

@@ -11,9 +11,10 @@ client repeating ``js_durables`` costs one listing at a time (``capstore.py``,
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
+K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
 
 
@@ -61,3 +62,30 @@ class Coalesced(Generic[T]):
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+
+
+class CoalescedBy(Generic[K, T]):
+    """A :class:`Coalesced` read per key, kept only while someone reads it."""
+
+    __slots__ = ("_name", "_reads")
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._reads: dict[K, Coalesced[T]] = {}
+
+    async def get(self, key: K, read: Callable[[], Awaitable[T]]) -> T:
+        """The result of a read of ``key`` started after this call (``read`` is how, when
+        no read of it is waiting yet)."""
+        c = self._reads.get(key)
+        if c is None:
+            c = self._reads[key] = Coalesced(read, f"{self._name}-{key}")
+        try:
+            return await asyncio.shield(c.get())
+        finally:
+            if c.idle and self._reads.get(key) is c:
+                del self._reads[key]
+
+    async def close(self) -> None:
+        reads, self._reads = list(self._reads.values()), {}
+        for c in reads:
+            await c.close()

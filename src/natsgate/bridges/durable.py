@@ -26,7 +26,7 @@ from nats.js import api
 from nats.js.errors import NotFoundError
 
 from .. import frames
-from ..coalesce import Coalesced
+from ..coalesce import CoalescedBy
 from ..config import Config
 from ..durables import NAME_KEY, OWNER_KEY, consumer_name, durable_of, user_prefix
 from ..errors import ErrorCode, ProtocolError
@@ -233,8 +233,10 @@ class DurableBridge:
     def __init__(self, upstream: Upstream, config: Config) -> None:
         self.upstream = upstream
         self.config = config
-        # consumer names per stream, one listing at a time (listing is O(consumers))
-        self._listings: dict[str, Coalesced[list[str]]] = {}
+        # one listing at a time: of a stream's consumer names (O(consumers)), and of a
+        # user's durables there (a consumer info each), however many ask
+        self._names = CoalescedBy[str, list[str]]("durable-names")
+        self._lists = CoalescedBy[tuple[str, str], list[dict[str, Any]]]("durable-list")
 
     async def _stream(self, stream: str) -> api.StreamInfo:
         try:
@@ -251,23 +253,13 @@ class DurableBridge:
 
     async def _owned_names(self, user: str, stream: str) -> list[str]:
         """The names of the user's consumers on the stream, read after this call."""
-        listing = self._listings.get(stream)
-        if listing is None:
-            listing = self._listings[stream] = Coalesced(
-                lambda: self._consumer_names(stream), f"durables-{stream}"
-            )
-        try:
-            names = await asyncio.shield(listing.get())
-        finally:
-            if listing.idle and self._listings.get(stream) is listing:
-                del self._listings[stream]
+        names = await self._names.get(stream, lambda: self._consumer_names(stream))
         prefix = user_prefix(user)
         return [n for n in names if n.startswith(prefix)]
 
     async def close(self) -> None:
-        listings, self._listings = list(self._listings.values()), {}
-        for listing in listings:
-            await listing.close()
+        await self._lists.close()
+        await self._names.close()
 
     async def _consumer_names(self, stream: str) -> list[str]:
         """Every consumer name of the stream, page after page (JetStream answers at most
@@ -391,8 +383,7 @@ class DurableBridge:
             metadata={OWNER_KEY: user, NAME_KEY: opts.durable},
         )
 
-    async def list(self, user: str, stream: str) -> list[dict[str, Any]]:
-        await self._stream(stream)
+    async def _list(self, user: str, stream: str) -> list[dict[str, Any]]:
         out = []
         for c in await self._owned(user, stream):
             out.append(
@@ -404,6 +395,10 @@ class DurableBridge:
                 }
             )
         return sorted(out, key=lambda d: str(d["name"]))
+
+    async def list(self, user: str, stream: str) -> list[dict[str, Any]]:
+        await self._stream(stream)
+        return await self._lists.get((user, stream), lambda: self._list(user, stream))
 
     async def delete(self, user: str, stream: str, durable: str) -> bool:
         name = consumer_name(user, durable)

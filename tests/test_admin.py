@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import posixpath
 import re
+import signal
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -24,8 +26,9 @@ from natsgate.bridges.core import USER_HEADER
 from natsgate.capabilities import Capabilities, Reserved
 from natsgate.subjects import covers, is_valid, match
 
-from .conftest import SECRET, connect, unique
+from .conftest import SECRET, connect, gateway_env, unique
 from .helpers import Gw, T, WsClient, eventually
+from .test_cli import NATSGATE, free_port, wait_healthy
 from .test_http import raw_status
 
 ADMIN = {"admin": True}
@@ -121,13 +124,13 @@ async def test_disconnect_by_user_closes_on_both_with_4003(two: tuple[Gw, Gw]) -
     other = await connect(b, carol)
     try:
         status, body = await call(b, "POST", "/admin/api/disconnect", root, {"user": bob})
-        assert (status, body) == (200, {"closed": 3})
+        assert (status, body) == (200, {"closed": 3, "missing": []})
         for ws in bobs:
             assert await ws.wait_closed() == 4003
         await eventually(lambda: not a.gateway.by_user.get(bob) and not b.gateway.by_user.get(bob))
         await alive(other)  # nobody else
         status, body = await call(a, "POST", "/admin/api/disconnect", root, {"user": bob})
-        assert (status, body) == (200, {"closed": 0})
+        assert (status, body) == (200, {"closed": 0, "missing": []})
     finally:
         for ws in [*bobs, other]:
             await ws.close()
@@ -143,7 +146,7 @@ async def test_disconnect_by_connection(two: tuple[Gw, Gw]) -> None:
         conns = [c["conn"] for c in body["connections"] if c["user"] == bob]
         assert len(conns) == 2
         status, body = await call(a, "POST", "/admin/api/disconnect", root, {"conn": conns[0]})
-        assert (status, body) == (200, {"closed": 1})
+        assert (status, body) == (200, {"closed": 1, "missing": []})
         codes = await asyncio.gather(
             *(ws.wait_closed(0.5 * T) for ws in (one, two_)), return_exceptions=True
         )
@@ -337,3 +340,75 @@ def test_a_grant_naming_the_audit_prefix_reaches_it(pattern: str) -> None:
     )
     if allowed:
         assert RESERVED.unnamed(pattern) == ()
+
+
+async def test_a_busy_gateway_is_waited_for_and_a_stopped_one_named(
+    make_gw: Any, config: Any, nats_server: Any, tmp_path: Path
+) -> None:
+    """The gateways greet each other, so a gather waits for every one it knows: one that
+    is stopped (SIGSTOP) for 0.6 s is still listed (waiting for answers to go quiet for
+    250 ms left it out), one that stays stopped is named as missing, and one that stopped
+    cleanly is not waited for."""
+    a = await make_gw()
+    root, bob = unique("root"), unique("bob")
+    await a.set_caps(root, ADMIN)
+    port = free_port()
+    env = {
+        **os.environ,
+        **gateway_env(nats_server.url),
+        "AUTH_BUCKET": config.auth_bucket,  # the same deployment as a
+        "AUTH_CREDS_BUCKET": config.auth_creds_bucket,
+        "AUTH_REVOKED_BUCKET": config.auth_revoked_bucket,
+    }
+    with (tmp_path / "b.log").open("w") as log:
+        b = await asyncio.create_subprocess_exec(
+            *NATSGATE,
+            *("serve", "--host", "127.0.0.1", "--port", str(port), "--log", "warn"),
+            env=env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=log,
+            cwd="/tmp",
+        )
+    try:
+        await wait_healthy(port)
+        on_b = await WsClient.open(f"ws://127.0.0.1:{port}/ws", token=mint_token(bob, SECRET, 3600))
+        await on_b.expect(op="cap_update")
+
+        async def both() -> Any:
+            _, body = await call(a, "GET", "/admin/api/connections", root)
+            return body if len(body["gateways"]) == 2 else None
+
+        b_id = (await eventually(both))["gateways"][1]
+        loop = asyncio.get_running_loop()
+
+        b.send_signal(signal.SIGSTOP)
+        loop.call_later(0.6, b.send_signal, signal.SIGCONT)
+        status, body = await call(a, "GET", "/admin/api/connections", root)
+        assert status == 200 and body["missing"] == [], body
+        assert bob in {c["user"] for c in body["connections"]}
+
+        b.send_signal(signal.SIGSTOP)
+        t0 = loop.time()
+        _, body = await call(a, "GET", "/admin/api/connections", root)
+        assert body["missing"] == [b_id] and body["gateways"] == [body["gateways"][0]], body
+        assert loop.time() - t0 < 4
+        _, body = await call(a, "POST", "/admin/api/disconnect", root, {"user": bob})
+        assert body == {"closed": 0, "missing": [b_id]}
+        b.send_signal(signal.SIGCONT)
+        # the request b did not answer in time is still carried out when it catches up
+        assert await on_b.wait_closed() == 4003
+        _, body = await call(a, "POST", "/admin/api/disconnect", root, {"user": bob})
+        assert body == {"closed": 0, "missing": []}
+
+        b.terminate()  # says bye: not waited for from now on
+        async with asyncio.timeout(T):
+            assert await b.wait() == 0
+        t0 = loop.time()
+        _, body = await call(a, "GET", "/admin/api/connections", root)
+        assert body["missing"] == [] and len(body["gateways"]) == 1, body
+        assert loop.time() - t0 < 1.5
+    finally:
+        if b.returncode is None:
+            b.send_signal(signal.SIGCONT)
+            b.kill()
+            await b.wait()

@@ -139,7 +139,12 @@ async def test_every_kind_with_its_fields_and_no_secret(make_gw: Any, nc: NATS) 
         assert r.status == 200
     action = await trail.one(Kind.ADMIN)
     assert action["user"] == root
-    assert action["detail"] == {"action": "disconnect", "target": {"user": alice}, "closed": 1}
+    assert action["detail"] == {
+        "action": "disconnect",
+        "target": {"user": alice},
+        "closed": 1,
+        "missing": [],
+    }
     assert await ws.wait_closed() == 4003
 
     # slow client: stops reading while a subject it subscribed to is busy

@@ -5,7 +5,7 @@
 /**
  * @typedef {{gateway: string, conn: string, user: string, since: string, address: string,
  *   subs: number, feeds: number, queued_bytes: number, bytes_in: number, bytes_out: number}} Connection
- * @typedef {{connections: Connection[], gateways: string[]}} Connections
+ * @typedef {{connections: Connection[], gateways: string[], missing: string[]}} Connections
  * @typedef {{user: string, caps: unknown, revision: number}} CapsDoc
  * @typedef {{gateway: string, metrics: Record<string, number>}} Metrics
  */
@@ -70,7 +70,7 @@ export const connections = () => call("GET", "/admin/api/connections");
 
 /**
  * @param {{user: string} | {conn: string}} who
- * @returns {Promise<{closed: number}>}
+ * @returns {Promise<{closed: number, missing: string[]}>}
  */
 export const disconnect = (who) => call("POST", "/admin/api/disconnect", JSON.stringify(who));
 

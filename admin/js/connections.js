@@ -1,7 +1,17 @@
 // connections.js: every connection of every gateway (one request: the gateway asked
 // gathers the others' answers), and disconnecting a connection or a user (close 4003).
+// Gateways known to be up that did not answer in time are named: what they hold is not
+// in the list, and a disconnect did not reach them.
 import * as api from "./api.js";
 import { $, bytes, h, say } from "./dom.js";
+
+/**
+ * @param {string[]} missing gateways that did not answer
+ * @returns {string}
+ */
+function unanswered(missing) {
+  return missing.length ? ` Not answering (try again): ${missing.join(", ")}.` : "";
+}
 
 /** @param {(err: unknown) => void} fail */
 export function connectionsWidget(fail) {
@@ -11,9 +21,9 @@ export function connectionsWidget(fail) {
   /** @param {{user: string} | {conn: string}} who */
   async function disconnect(who) {
     try {
-      const { closed } = await api.disconnect(who);
+      const { closed, missing } = await api.disconnect(who);
       const what = "user" in who ? `user ${who.user}` : `connection ${who.conn}`;
-      say(result, `Disconnected ${what}: ${closed} connection${closed === 1 ? "" : "s"} closed.`);
+      say(result, `Disconnected ${what}: ${closed} connection${closed === 1 ? "" : "s"} closed.${unanswered(missing)}`);
       await refresh();
     } catch (err) {
       fail(err);
@@ -44,11 +54,11 @@ export function connectionsWidget(fail) {
   }
 
   async function refresh() {
-    const { connections, gateways } = await api.connections();
+    const { connections, gateways, missing } = await api.connections();
     connections.sort((a, b) => a.user.localeCompare(b.user) || a.since.localeCompare(b.since));
     body.replaceChildren(...connections.map(row));
     const n = connections.length;
-    $("conns-summary").textContent = `${n} on ${gateways.length} gateway${gateways.length === 1 ? "" : "s"}`;
+    $("conns-summary").textContent = `${n} on ${gateways.length} gateway${gateways.length === 1 ? "" : "s"}${unanswered(missing)}`;
   }
 
   $("disconnect-user-form").addEventListener("submit", (event) => {

@@ -2,10 +2,15 @@
 
 Each gateway answers NATS requests on ``$NATSGATE.admin.<AUTH_BUCKET>.connections`` (its
 connections) and ``...disconnect`` (close those of a user or with a conn id, 4003); the
-gateway an administrator asked sends one request and gathers every answer until none came
-for ``QUIET_S``, at most ``GATHER_S`` (scatter-gather: how many gateways there are is not
-known). Gateways sharing an auth bucket are one deployment; another one on the same NATS
-has other subjects.
+gateway an administrator asked sends one request and gathers the answers. Which gateways
+to wait for it knows from their greetings: each says ``hello`` on ``...hello`` when it
+starts, every ``HELLO_S``, and once more when it hears a gateway new to it; ``bye`` when it
+stops. So a gather waits for every gateway heard from within ``PEER_TTL_S``, until
+``GATHER_S``, and names those that did not answer (``missing``) instead of leaving them out
+unsaid, as waiting for the answers to go quiet did: a gateway busy for 300 ms was simply
+not there, and a disconnect left its connections open. Answers of gateways it did not
+know (an older version) still count until none came for ``QUIET_S``. Gateways sharing an
+auth bucket are one deployment; another one on the same NATS has other subjects.
 
 Who can ask: the subjects start with ``$``, so no wildcard grant reaches them (protocol.md §4),
 and the gateway treats the prefix as hidden (``Reserved.hidden_subjects``): no
@@ -38,8 +43,10 @@ from ..subscriptions import feeds
 log = logging.getLogger("natsgate.admin")
 
 PREFIX = "$NATSGATE.admin"  # + .<auth bucket>.<verb>
-QUIET_S = 0.25  # gathering ends when no answer came for this long
-GATHER_S = 1.0  # and after this at the latest
+QUIET_S = 0.25  # with every known gateway answered, gathering ends after this quiet
+GATHER_S = 2.0  # and after this at the latest, known gateways missing or not
+HELLO_S = 5.0  # each gateway greets the others this often
+PEER_TTL_S = 3 * HELLO_S  # a gateway not heard from for this long is not waited for
 CHUNK = 500  # connections per answer message (NATS' max payload is 1 MiB by default)
 
 
@@ -93,6 +100,8 @@ class AdminBus:
         self._nc = nc  # a getter for the gateway's NATS client
         self.prefix = prefix(auth_bucket)
         self._subs: list[Subscription] = []
+        self._peers: dict[str, float] = {}  # other gateways: when last heard from
+        self._greeter: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ this gateway
 
@@ -124,7 +133,55 @@ class AdminBus:
         self._subs = [
             await nc.subscribe(f"{self.prefix}.connections", cb=self._on_connections),
             await nc.subscribe(f"{self.prefix}.disconnect", cb=self._on_disconnect),
+            await nc.subscribe(f"{self.prefix}.hello", cb=self._on_hello),
+            await nc.subscribe(f"{self.prefix}.bye", cb=self._on_bye),
         ]
+        self._greeter = asyncio.create_task(self._greet(), name="admin-hello")
+
+    # ------------------------------------------------------------------ who is there
+
+    async def _say(self, what: str) -> None:
+        with contextlib.suppress(Exception):  # NATS away: said again on the next round
+            await self._nc().publish(
+                f"{self.prefix}.{what}", _encode.encode({"gateway": self._host.gateway_id})
+            )
+
+    async def _greet(self) -> None:
+        while True:
+            await self._say("hello")
+            await asyncio.sleep(HELLO_S)
+
+    def _heard(self, msg: Msg) -> str | None:
+        """The other gateway a greeting is from (None: this one, or not a greeting)."""
+        if msg.headers and USER_HEADER in msg.headers:
+            return None
+        with contextlib.suppress(msgspec.DecodeError):
+            said = msgspec.json.decode(msg.data)
+            gid = said.get("gateway") if isinstance(said, dict) else None
+            if isinstance(gid, str) and gid and gid != self._host.gateway_id:
+                return gid
+        return None
+
+    async def _on_hello(self, msg: Msg) -> None:
+        gid = self._heard(msg)
+        if gid is None:
+            return
+        new = gid not in self._peers
+        self._peers[gid] = asyncio.get_running_loop().time()
+        if new:  # so that a gateway starting now knows this one at once
+            await self._say("hello")
+
+    async def _on_bye(self, msg: Msg) -> None:
+        gid = self._heard(msg)
+        if gid is not None:
+            self._peers.pop(gid, None)
+
+    def peers(self) -> set[str]:
+        """The other gateways heard from within PEER_TTL_S."""
+        now = asyncio.get_running_loop().time()
+        for gid in [g for g, t in self._peers.items() if now - t > PEER_TTL_S]:
+            del self._peers[gid]
+        return set(self._peers)
 
     def _ask(self, msg: Msg) -> _Ask | None:
         """The request, or None: no reply subject, a user's message, or unreadable."""
@@ -158,66 +215,85 @@ class AdminBus:
 
     # ------------------------------------------------------------------ asking
 
-    async def gather(self, verb: str, **ask: Any) -> list[dict[str, Any]]:
+    async def gather(self, verb: str, **ask: Any) -> tuple[list[dict[str, Any]], list[str]]:
         """Ask every gateway (this one included, which answers at once and empty) and
-        collect the answers until it goes quiet; those of other gateways are returned."""
+        collect the answers of the others: those of every gateway known to be there, then
+        until none came for QUIET_S, at most GATHER_S. Also returns the known gateways
+        that did not answer."""
         nc = self._nc()
         gid = self._host.gateway_id
+        expected = self.peers()
         if not nc.is_connected:
-            return []
+            return [], sorted(expected)
         answers: asyncio.Queue[Msg] = asyncio.Queue()
 
         async def on_answer(msg: Msg) -> None:
             answers.put_nowait(msg)
 
         got: list[dict[str, Any]] = []
+        waiting = set(expected)  # known gateways that have not answered yet
         inbox = nc.new_inbox()
         try:  # NATS going away meanwhile: this gateway's own answer is all there is
             sub = await nc.subscribe(inbox, cb=on_answer)
         except Exception as exc:
             log.warning("cannot ask the other gateways: %r", exc)
-            return got
+            return got, sorted(waiting)
         try:
             try:
                 payload = _encode.encode({"from": gid, **ask})
                 await nc.publish(f"{self.prefix}.{verb}", payload, reply=inbox)
             except Exception as exc:
                 log.warning("cannot ask the other gateways: %r", exc)
-                return got
+                return got, sorted(waiting)
             loop = asyncio.get_running_loop()
             deadline = loop.time() + GATHER_S
             while (left := deadline - loop.time()) > 0:
                 try:
-                    async with asyncio.timeout(min(QUIET_S, left)):
+                    async with asyncio.timeout(left if waiting else min(QUIET_S, left)):
                         msg = await answers.get()
                 except TimeoutError:
                     break
                 with contextlib.suppress(msgspec.DecodeError):
                     answer = msgspec.json.decode(msg.data)
-                    if isinstance(answer, dict) and answer.get("gateway") != gid:
+                    peer = answer.get("gateway") if isinstance(answer, dict) else None
+                    if isinstance(peer, str) and peer != gid:
                         got.append(answer)
+                        waiting.discard(peer)
+                        self._peers[peer] = loop.time()
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
-        return got
+        if waiting:
+            log.warning("gateways that did not answer within %.0f s: %s", GATHER_S, waiting)
+        return got, sorted(waiting)
 
-    async def all_connections(self) -> tuple[list[dict[str, Any]], list[str]]:
-        """Every gateway's connections, and the gateways that answered (this one first)."""
+    async def all_connections(self) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+        """Every gateway's connections, the gateways that answered (this one first), and
+        those known to be there that did not."""
         conns = self.connections()
         gateways = [self._host.gateway_id]
-        for answer in await self.gather("connections"):
+        answers, missing = await self.gather("connections")
+        for answer in answers:
             gateways.append(str(answer.get("gateway")))
             conns.extend(_list(answer.get("connections")))
-        return conns, list(dict.fromkeys(gateways))
+        return conns, list(dict.fromkeys(gateways)), missing
 
-    async def disconnect_everywhere(self, user: str | None, conn: str | None) -> int:
-        here, answers = await asyncio.gather(
+    async def disconnect_everywhere(
+        self, user: str | None, conn: str | None
+    ) -> tuple[int, list[str]]:
+        """Connections closed, and the gateways known to be there that did not answer."""
+        here, (answers, missing) = await asyncio.gather(
             self.disconnect(user, conn), self.gather("disconnect", user=user, conn=conn)
         )
         there: list[object] = [a.get("closed") for a in answers]
-        return int(here) + sum(n for n in there if isinstance(n, int))
+        return int(here) + sum(n for n in there if isinstance(n, int)), missing
 
     async def close(self) -> None:
+        if self._greeter is not None:
+            self._greeter.cancel()
+            await asyncio.gather(self._greeter, return_exceptions=True)
+            self._greeter = None
+            await self._say("bye")
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()

@@ -126,8 +126,8 @@ def _refusals(handler: Any) -> Any:
 @_refusals
 async def connections(request: web.Request) -> web.Response:
     await _admin(request)
-    conns, gateways = await _gw(request).admin.all_connections()
-    return web.json_response({"connections": conns, "gateways": gateways})
+    conns, gateways, missing = await _gw(request).admin.all_connections()
+    return web.json_response({"connections": conns, "gateways": gateways, "missing": missing})
 
 
 @_refusals
@@ -140,7 +140,7 @@ async def disconnect(request: web.Request) -> web.Response:
     if (body.user is None) == (body.conn is None):
         raise _Refused(400, 'send {"user": ...} or {"conn": ...}')
     gw = _gw(request)
-    closed = await gw.admin.disconnect_everywhere(body.user, body.conn)
+    closed, missing = await gw.admin.disconnect_everywhere(body.user, body.conn)
     target = {"user": body.user} if body.user is not None else {"conn": body.conn}
     gw.audit.emit(
         AuditKind.ADMIN,
@@ -149,8 +149,9 @@ async def disconnect(request: web.Request) -> web.Response:
         action="disconnect",
         target=target,
         closed=closed,
+        missing=missing,
     )
-    return web.json_response({"closed": closed})
+    return web.json_response({"closed": closed, "missing": missing})
 
 
 async def _caps_bucket(gw: Gateway) -> Any:

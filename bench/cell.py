@@ -10,7 +10,8 @@ cell's dict:
    and p99, the same over every single delivery (each client's latency for each
    message), and loss after a drain, which must be 0;
 4. ``throughput``: for a fixed window as fast as the target delivers; deliveries per
-   second, loss after a drain, CPU per delivery, the load generators' CPU;
+   second, loss after a drain, CPU per delivery, the load generators' CPU, and how long
+   one more client waits for a ``ping``'s answer meanwhile (``bench/probe.py``);
 5. ``connections_at_end``: disconnects, close codes and connections still open.
 
 Then everything of the cell is stopped. Every failure ends up as the cell's ``error``."""
@@ -31,6 +32,7 @@ import psutil
 from bench import hist
 from bench.common import Counters
 from bench.machine import noise, system_cpu
+from bench.probe import Probe
 from bench.procs import Child, ChildDied, cpu_seconds, rss_bytes
 from bench.profiling import finish_profiler, gc_pauses, start_profiler
 from bench.rig import Rig, start_rig
@@ -146,15 +148,18 @@ async def latency(
 
 
 async def throughput(
-    rig: Rig, pub_subjects: list[str], fanout: int, n: int, mode: Mode
+    rig: Rig, pub_subjects: list[str], fanout: int, n: int, mode: Mode, proto: str
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Publish as fast as the target delivers for a window; the cell's throughput part,
-    and the load generators' final counts."""
+    and the load generators' final counts. One more client (``proto``) pings meanwhile."""
     c_srv, c_nats = cpu_seconds(rig.sut_procs), cpu_seconds(rig.nats_procs)
     c_lg, c_pub = cpu_seconds(rig.lg_procs), cpu_seconds(rig.pub_procs)
     c_lg_each = [cpu_seconds([p]) for p in rig.lg_procs]
     me = psutil.Process()
     c_me, c_sys0 = cpu_seconds([me]), system_cpu()
+    probe = Probe(rig.sut.url, rig.sut.headers, proto) if Probe.supported(proto) else None
+    if probe is not None:
+        await probe.start()
     d0 = rig.counters.total()
     w0 = time.monotonic()
     res = await rig.pub.ask(
@@ -169,6 +174,7 @@ async def throughput(
     )
     d1 = rig.counters.total()
     window = time.monotonic() - w0
+    probed = await probe.stop() if probe is not None else None
     c_srv, c_nats = cpu_seconds(rig.sut_procs) - c_srv, cpu_seconds(rig.nats_procs) - c_nats
     c_lg, c_pub = cpu_seconds(rig.lg_procs) - c_lg, cpu_seconds(rig.pub_procs) - c_pub
     c_lg_each = [cpu_seconds([p]) - c for p, c in zip(rig.lg_procs, c_lg_each, strict=True)]
@@ -215,6 +221,8 @@ async def throughput(
         # everything else (other people's tests, other virtual machines): the busy
         # process time of the whole machine minus the benchmark's own, plus steal
         "other_cpu_pct": round(max(0.0, 100 * (c_procs - ours + c_steal) / window), 1),
+        # one more client's ping round trips meanwhile (bench/probe.py)
+        "probe": probed,
     }
     return part, stats
 
@@ -284,7 +292,7 @@ async def run_cell(
         if profile_to is not None and rig.sut.server is not None:
             profiler = start_profiler(rig.sut.server, profile_to, mode.throughput_s, cell_dir)
             await asyncio.sleep(1.0)  # let py-spy attach before the window opens
-        cell["throughput"], stats = await throughput(rig, pub_subjects, fanout, n, mode)
+        cell["throughput"], stats = await throughput(rig, pub_subjects, fanout, n, mode, t.proto)
         if profiler is not None:
             cell["profile"] = await finish_profiler(profiler, profile_to)  # type: ignore[arg-type]
         if gc_probe and t.kind == "natsgate" and rig.sut.server is not None:
@@ -362,4 +370,13 @@ def summary_line(cell: dict[str, Any]) -> str:
         f"{tp['delivered_per_s']:>10.0f} msg/s pub {tp['publish_rate']:>8.0f}/s "
         f"{tp['server_cpu_us_per_delivery']:6.2f} us/dlv loss {tp['loss']} "
         f"lg {tp['loadgen_cpu_pct']:.0f}% other {noise(cell):.0f}% ({cell['cell_seconds']}s)"
+        + _probe_note(tp.get("probe"))
     )
+
+
+def _probe_note(probe: dict[str, Any] | None) -> str:
+    if not probe:
+        return ""
+    if probe.get("error") or not probe.get("answers"):
+        return f" probe: {probe.get('error') or 'no answers'}"
+    return f" ping {probe['p50_ms']:.1f}/{probe['p99_ms']:.1f}/{probe['max_ms']:.1f} ms"

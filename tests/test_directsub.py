@@ -5,6 +5,7 @@ a failing handler never costs the connection."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -168,3 +169,54 @@ async def test_the_reader_takes_large_rounds_after_connect_and_reconnect(
 def test_widen_leaves_what_it_does_not_know() -> None:
     assert not directsub.widen(object())
     assert not directsub.widen(None)
+
+
+async def test_a_backlog_from_nats_gives_the_event_loop_turns(
+    nats_server: NatsServer, nc: NATS
+) -> None:
+    """40,000 messages piled up while the loop was blocked are read in slices of about
+    READ_SLICE bytes, with the event loop's other callbacks run between them and the
+    client saying it is behind meanwhile (the flusher holds fan-out then)."""
+    d = await connect(nats_server)
+    loop = asyncio.get_running_loop()
+    p = unique("b")
+    n, payload = 40_000, b"x" * 100
+    wire = len(f"MSG {p}.99 1 100\r\n") + len(payload) + 2  # bytes a message takes
+    done = asyncio.Event()
+    got = stretch = longest = 0
+    seen_behind = False
+
+    def deliver(subject: str, data: bytes, headers: dict[str, str] | None) -> None:
+        nonlocal got, stretch, longest, seen_behind
+        got += 1
+        stretch += 1  # messages since the loop last ran something else
+        longest = max(longest, stretch)
+        seen_behind = seen_behind or d.behind
+        if got == n:
+            done.set()
+
+    ticking = True
+
+    def tick() -> None:
+        nonlocal stretch
+        stretch = 0
+        if ticking:
+            loop.call_soon(tick)
+
+    await d.subscribe_direct(f"{p}.>", deliver)
+    await d.flush()
+    loop.call_soon(tick)
+    for i in range(n):
+        await nc.publish(f"{p}.{i % 100}", payload)
+    await nc.flush()
+    time.sleep(0.5)  # noqa: ASYNC251  # blocks the loop on purpose: the backlog piles up
+    try:
+        async with asyncio.timeout(T):
+            await done.wait()
+    finally:
+        ticking = False
+    assert seen_behind
+    # one slice, plus the 32 KiB read that crossed it, plus what a tick may straddle
+    assert longest <= 2 * (directsub.READ_SLICE + 32768) // wire, (longest, wire)
+    assert not d.behind  # all read
+    await d.close()

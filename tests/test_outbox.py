@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from natsgate.outbox import Outbox, OutboxClosed
+from natsgate.metrics import Traffic
+from natsgate.outbox import Flusher, Outbox, OutboxClosed
 
 
 async def test_batches_what_queued_meanwhile() -> None:
@@ -81,3 +82,67 @@ async def test_written_watermarks_and_close() -> None:
     with pytest.raises(OutboxClosed):
         await pending
     assert ob.next_batch() is None  # dropped with the close
+
+
+class Socket:
+    """Where a flushed outbox's frames go (a list; the sink's side of a socket)."""
+
+    def __init__(self, name: str, log: list[tuple[str, bytes]]) -> None:
+        self.name = name
+        self.log = log
+
+    def write(self, frame: bytes) -> bool:
+        self.log.append((self.name, frame))
+        return True
+
+    async def drained(self) -> None:
+        return None
+
+
+async def turns(n: int) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+async def test_fan_out_waits_while_nats_is_behind_and_answers_do_not() -> None:
+    behind = True
+    flusher = Flusher(Traffic(), behind=lambda: behind, max_hold_s=0.2)
+    written: list[tuple[str, bytes]] = []
+    fan = [
+        Outbox(10_000, 1, lambda: None, sink=Socket(f"fan{i}", written), flusher=flusher)
+        for i in range(3)
+    ]
+    asker = Outbox(10_000, 1, lambda: None, sink=Socket("asker", written), flusher=flusher)
+    for ob in fan:
+        ob.push_held(b"m1")
+    asker.push_held(b"m1")
+    asker.push(b"pong")  # an answer: its connection's queue goes out at once, in order
+    await turns(3)
+    assert written == [("asker", b"m1\npong")]
+    for ob in fan:
+        ob.push_held(b"m2")  # the backlog grows: still one frame each later
+    await turns(3)
+    assert len(written) == 1
+    behind = False  # the reader caught up: everything, answers first
+    fan[2].push(b"reply")
+    await turns(3)
+    assert written[1:] == [
+        ("fan2", b"m1\nm2\nreply"),
+        ("fan0", b"m1\nm2"),
+        ("fan1", b"m1\nm2"),
+    ]
+
+
+async def test_fan_out_is_held_for_max_hold_s_at_most() -> None:
+    flusher = Flusher(Traffic(), behind=lambda: True, max_hold_s=0.05)
+    written: list[tuple[str, bytes]] = []
+    ob = Outbox(10_000, 1, lambda: None, sink=Socket("fan", written), flusher=flusher)
+    await asyncio.sleep(0.06)  # the last full pass was longer ago than max_hold_s
+    ob.push_held(b"m1")
+    await turns(2)
+    assert written == [("fan", b"m1")]  # a full pass, behind or not
+    ob.push_held(b"m2")
+    await turns(3)
+    assert written == [("fan", b"m1")]  # held: a full pass was just made
+    await asyncio.sleep(0.06)
+    assert written == [("fan", b"m1"), ("fan", b"m2")]

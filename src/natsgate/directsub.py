@@ -18,6 +18,14 @@ to :data:`READ_LIMIT` read per step, a connection that gets many messages while 
 gateway is behind gets them in one frame: on 1,000 distinct subjects that cut the
 gateway's CPU per delivery from 7.5 to 4.6 µs (docs/benchmarks.md). An idle gateway
 is unchanged: a step reads what is there.
+
+But a step that handles 2 MiB holds the event loop for tens of milliseconds, and every
+other connection's ``ping`` or ``pub`` waited for it (a client's ping under that load:
+106 ms at p50, 34 before). So the reader hands the loop back every :data:`READ_SLICE`
+bytes while more is waiting, and says meanwhile that it is :attr:`Client.behind`: the
+flusher (``outbox.py``) then writes only the connections that have an answer waiting
+and keeps the fan-out back until the backlog is read or for ``Flusher.max_hold_s``, so
+the batches stay large and the answers come within a slice.
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ import inspect
 import logging
 from collections.abc import Callable
 
+from nats import errors
+from nats.aio.client import DEFAULT_BUFFER_SIZE
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -41,6 +51,7 @@ _EXPECTED = ("self", "sid", "subject", "reply", "data", "headers")
 # bytes buffered from NATS before reading pauses: asyncio pauses at twice a StreamReader's
 # limit, so a step handles at most about 2 MiB (some 15,000 messages, ~50 ms of work)
 READ_LIMIT = 1 << 20
+READ_SLICE = 256 << 10  # handled before the event loop gets a turn, while more is waiting
 
 
 def supported() -> bool:
@@ -48,8 +59,9 @@ def supported() -> bool:
     hook = getattr(NatsClient, "_process_msg", None)
     if hook is None or not inspect.iscoroutinefunction(hook):
         return False
-    if not inspect.iscoroutinefunction(getattr(NatsClient, "_process_headers", None)):
-        return False
+    for name in ("_process_headers", "_read_loop", "_process_op_err"):
+        if not inspect.iscoroutinefunction(getattr(NatsClient, name, None)):
+            return False
     return tuple(inspect.signature(hook).parameters) == _EXPECTED
 
 
@@ -62,6 +74,45 @@ class Client(NatsClient):
     def __init__(self) -> None:
         super().__init__()
         self._direct: dict[int, Deliver] = {}
+        self.behind = False  # more was waiting when the reader last gave the loop a turn
+
+    async def _read_loop(self) -> None:
+        """nats-py's reader (2.16), but it gives the event loop a turn every READ_SLICE
+        bytes while more is buffered (a full read says so), and tells it (``behind``)."""
+        if not SUPPORTED:
+            await super()._read_loop()
+            return
+        sliced = 0
+        while True:
+            try:
+                if self.is_closed or self.is_reconnecting or self._transport is None:
+                    break
+                if self._transport.at_eof():
+                    err = errors.UnexpectedEOF()
+                    await self._error_cb(err)
+                    await self._process_op_err(err)
+                    break
+                b = await self._transport.read(DEFAULT_BUFFER_SIZE)
+                await self._ps.parse(b)
+                if len(b) < DEFAULT_BUFFER_SIZE:  # read all there was
+                    sliced = 0
+                    self.behind = False
+                elif (sliced := sliced + len(b)) >= READ_SLICE:
+                    sliced = 0
+                    self.behind = True
+                    await asyncio.sleep(0)
+            except errors.ProtocolError:
+                await self._process_op_err(errors.ProtocolError())
+                break
+            except OSError as e:
+                await self._process_op_err(e)
+                break
+            except asyncio.CancelledError:
+                break
+            except Exception:
+                log.exception("nats: encountered error")
+                break
+        self.behind = False
 
     async def _process_connect_init(self) -> None:
         """nats-py's (re)connect, after which its reader is widened (READ_LIMIT)."""

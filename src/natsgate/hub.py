@@ -24,7 +24,7 @@ _PRIVATE_FIRST = ("_INBOX.", "$")
 
 
 class Receiver(Protocol):
-    def push(self, frame: bytes) -> None: ...
+    def push_held(self, frame: bytes) -> None: ...
 
 
 class _Entry:
@@ -48,7 +48,7 @@ class _Entry:
             return
         frame = encode_msg(subject, data, sub=self.pattern, headers=headers)
         for receiver in self.receivers:
-            receiver.push(frame)
+            receiver.push_held(frame)
 
 
 class Hub:

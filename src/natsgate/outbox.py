@@ -6,9 +6,12 @@ the :class:`Flusher` then has every ready outbox write itself to its :class:`Sin
 connection's socket) once, at the end of the current event loop step: everything queued
 goes out as one newline-joined frame.  So an idle socket gets
 each message at once, a busy one gets batches, and no task per connection is woken per
-message (nor kept in memory).  When the queue has stayed over its byte bound for
-``backpressure_s`` (a frame "could not be queued within 250 ms"), or grows past a hard
-bound, the owner is told the client is slow.
+message (nor kept in memory).  Fan-out (:meth:`Outbox.push_held`) may be held back while
+the NATS reader is behind (``directsub.py``), so a backlog leaves in large batches; any
+other push (an answer, a feed's message) is written at the end of the step it came in,
+with whatever its connection had queued before it.  When the queue has stayed over its
+byte bound for ``backpressure_s`` (a frame "could not be queued within 250 ms"), or grows
+past a hard bound, the owner is told the client is slow.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ class Outbox:
         "_ready",
         "_sink",
         "_timer",
+        "_urgent",
         "_watermarks",
         "backpressure_s",
         "bytes_out",
@@ -82,6 +86,7 @@ class Outbox:
         self._flusher = flusher
         self._on_gone = on_gone
         self._ready = False  # handed to the flusher for this round
+        self._urgent = False  # holds something that must not wait for the fan-out
         self._congested = False  # the socket's buffer is full: wait for it to drain
         self._drain: asyncio.Task[None] | None = None
         self._frames: deque[bytes] = deque()
@@ -99,15 +104,34 @@ class Outbox:
         return self._closed
 
     def push(self, frame: bytes) -> None:
-        """Queue one encoded envelope (no newline inside). Never blocks."""
+        """Queue one encoded envelope (no newline inside), to be written at the end of
+        this event loop step. Never blocks."""
         if self._closed:
             return
-        self._frames.append(frame)
-        self.size += len(frame)
-        self.pushed += 1
+        self._urgent = True
+        flusher = self._flusher
+        if flusher is not None:
+            if not self._ready:
+                self._ready = True
+                flusher.add(self)
+            else:
+                flusher.wake()
+        self._queue(frame)
+
+    def push_held(self, frame: bytes) -> None:
+        """Queue fan-out from NATS: it may wait while the NATS reader is behind (the
+        flusher's ``max_hold_s`` at most). Never blocks."""
+        if self._closed:
+            return
         if not self._ready and self._flusher is not None:
             self._ready = True
             self._flusher.add(self)
+        self._queue(frame)
+
+    def _queue(self, frame: bytes) -> None:
+        self._frames.append(frame)
+        self.size += len(frame)
+        self.pushed += 1
         if self.size > self.limit:
             if self.size > self._hard_limit:
                 self._slow()
@@ -128,7 +152,7 @@ class Outbox:
         """The flusher's call: write everything queued to the sink, in frames of up to
         ``max_batch`` bytes. When the socket is congested (its write returns False), the
         rest waits until it drains, and counts towards backpressure meanwhile."""
-        self._ready = False
+        self._ready = self._urgent = False
         sink = self._sink
         if self._congested or self._closed or sink is None:
             return
@@ -238,14 +262,27 @@ class Outbox:
 class Flusher:
     """Writes every outbox that became ready during this event loop step, once, right
     after it: fan-out of one NATS message to N sockets is N pushes and one pass of writes,
-    and a burst of messages handled in one step leaves as one frame per socket."""
+    and a burst of messages handled in one step leaves as one frame per socket.
 
-    __slots__ = ("_loop", "_ready", "_scheduled", "traffic")
+    While ``behind()`` (the NATS reader has more waiting), outboxes that hold only fan-out
+    are kept for a later pass, at most ``max_hold_s`` after the last full one: the
+    reader then gives the loop a turn every slice without writing every socket each
+    time, and answers to clients are not kept behind the backlog."""
 
-    def __init__(self, traffic: Traffic) -> None:
+    __slots__ = ("_behind", "_last_full", "_loop", "_ready", "_scheduled", "max_hold_s", "traffic")
+
+    def __init__(
+        self,
+        traffic: Traffic,
+        behind: Callable[[], bool] = lambda: False,
+        max_hold_s: float = 0.05,
+    ) -> None:
         self._loop = asyncio.get_running_loop()
         self._ready: list[Outbox] = []
         self._scheduled = False
+        self._behind = behind
+        self._last_full = self._loop.time()
+        self.max_hold_s = max_hold_s
         self.traffic = traffic  # what was written, counted as plain ints
 
     def add(self, item: Outbox) -> None:
@@ -254,12 +291,39 @@ class Flusher:
             self._scheduled = True
             self._loop.call_soon(self._run)
 
+    def wake(self) -> None:
+        """An outbox already waiting got something that must not wait."""
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._run)
+
     def _run(self) -> None:
         self._scheduled = False
         ready, self._ready = self._ready, []
         traffic = self.traffic
+        if self._behind() and self._loop.time() - self._last_full < self.max_hold_s:
+            held = []
+            for item in ready:
+                if item._urgent:
+                    self._write(item, traffic)
+                else:
+                    held.append(item)
+            if held:
+                self._ready = held + self._ready
+                self._scheduled = True
+                self._loop.call_soon(self._run)  # runs after the reader's next slice
+            return
+        self._last_full = self._loop.time()
+        for item in ready:  # answers first: a pass over 1,000 sockets takes milliseconds
+            if item._urgent:
+                self._write(item, traffic)
         for item in ready:
-            try:
-                item.write_out(traffic)
-            except Exception:  # one broken connection must not stall the others
-                log.exception("flushing %r failed", item)
+            if item._ready:  # not written above (nor twice in the list)
+                self._write(item, traffic)
+
+    @staticmethod
+    def _write(item: Outbox, traffic: Traffic) -> None:
+        try:
+            item.write_out(traffic)
+        except Exception:  # one broken connection must not stall the others
+            log.exception("flushing %r failed", item)

@@ -69,8 +69,14 @@ async def test_messages_arrive_in_order_with_headers(
     for i in range(1000):
         await nc.publish(f"{p}.{i % 7}", str(i).encode())
     await nc.publish(f"{p}.h", b"with", headers={"Natsgate-User": "alice", "X": "1"})
-    async with asyncio.timeout(T):
-        await done.wait()
+    try:
+        async with asyncio.timeout(T):
+            await done.wait()
+    except TimeoutError:  # say how far it got
+        raise AssertionError(
+            f"{len(got)} of 1001 arrived; sent {nc.stats['out_msgs']}, "
+            f"read {d.stats['in_msgs']}, behind {d.behind}, reading {d._reading_task}"
+        ) from None
     assert [int(data) for _, data, _ in got[:1000]] == list(range(1000))
     assert {s for s, _, _ in got[:1000]} == {f"{p}.{i}" for i in range(7)}
     assert got[0][2] is None

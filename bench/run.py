@@ -68,29 +68,35 @@ async def diagnostics(
     for n in sizes:
         out = RESULTS / f"profile-natsgate-{n}.speedscope.json" if n == 1000 else None
         what = "py-spy + GC probe" if out else "GC probe"
-        print(
-            f"[{time.strftime('%H:%M:%S')}] diagnostic: natsgate {n:>6} ({what}) ...",
-            end=" ",
-            flush=True,
+        cell = await diagnostic_cell(
+            f"{n:>6} ({what})", what, n, mode, args, run_dir, profile_to=out, gc_probe=True
         )
-        before = await wait_quiet(args.noisy, args.quiet_wait)
-        cell = await run_cell(
-            TARGETS["natsgate"],
-            "fanout",
-            n,
-            mode,
-            cell_options(args),
-            run_dir,
-            profile_to=out,
-            gc_probe=True,
-        )
-        cell["diagnostic"] = what
-        cell["before"] = before
         diag.append(cell)
-        print(summary_line(cell), flush=True)
         if out is not None:
             result["profile"] = cell
     result["diagnostics"] = diag
+
+
+async def diagnostic_cell(
+    label: str,
+    what: str,
+    n: int,
+    mode: Mode,
+    args: argparse.Namespace,
+    run_dir: Path,
+    **probes: Any,
+) -> dict[str, Any]:
+    """One natsgate fan-out cell with ``probes`` (run_cell's profiler and GC options),
+    started once the machine is quiet, said on the terminal and marked as a diagnostic."""
+    print(f"[{time.strftime('%H:%M:%S')}] diagnostic: natsgate {label} ...", end=" ", flush=True)
+    before = await wait_quiet(args.noisy, args.quiet_wait)
+    cell = await run_cell(
+        TARGETS["natsgate"], "fanout", n, mode, cell_options(args), run_dir, **probes
+    )
+    cell["diagnostic"] = what
+    cell["before"] = before
+    print(summary_line(cell), flush=True)
+    return cell
 
 
 async def latency_profile(
@@ -99,25 +105,15 @@ async def latency_profile(
     """``--profile-latency``: one more natsgate cell at 1,000 subscribers on one subject
     with py-spy on its latency phase (where a burst's time goes, socket by socket)."""
     out = RESULTS / "profile-natsgate-1000-latency.speedscope.json"
-    print(
-        f"[{time.strftime('%H:%M:%S')}] diagnostic: natsgate   1000 (py-spy, latency) ...",
-        end=" ",
-        flush=True,
-    )
-    before = await wait_quiet(args.noisy, args.quiet_wait)
-    cell = await run_cell(
-        TARGETS["natsgate"],
-        "fanout",
+    result["latency_profile"] = await diagnostic_cell(
+        "  1000 (py-spy, latency)",
+        "py-spy on the latency phase",
         1000,
         mode,
-        cell_options(args),
+        args,
         run_dir,
         profile_latency_to=out,
     )
-    cell["diagnostic"] = "py-spy on the latency phase"
-    cell["before"] = before
-    result["latency_profile"] = cell
-    print(summary_line(cell), flush=True)
 
 
 async def diagnostics_only(args: argparse.Namespace, result: dict[str, Any]) -> dict[str, Any]:

@@ -287,12 +287,11 @@ class Flusher:
 
     def add(self, item: Outbox) -> None:
         self._ready.append(item)
-        if not self._scheduled:
-            self._scheduled = True
-            self._loop.call_soon(self._run)
+        self.wake()
 
     def wake(self) -> None:
-        """An outbox already waiting got something that must not wait."""
+        """Run at the end of this step (an outbox already waiting may have got
+        something that must not wait)."""
         if not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self._run)
@@ -310,8 +309,7 @@ class Flusher:
                     held.append(item)
             if held:
                 self._ready = held + self._ready
-                self._scheduled = True
-                self._loop.call_soon(self._run)  # runs after the reader's next slice
+                self.wake()  # runs again after the reader's next slice
             return
         self._last_full = self._loop.time()
         for item in ready:  # answers first: a pass over 1,000 sockets takes milliseconds

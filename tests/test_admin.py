@@ -412,3 +412,31 @@ async def test_a_busy_gateway_is_waited_for_and_a_stopped_one_named(
             b.send_signal(signal.SIGCONT)
             b.kill()
             await b.wait()
+
+
+async def test_a_flood_of_greetings_is_bounded(gw: Gw, nc: Any, config: Any) -> None:
+    """Whoever may publish on the admin subjects (a NATS user, never a client of the
+    gateway) greeting as 3,000 made-up gateways: the gateway remembers MAX_PEERS of them
+    at most and greets back as many times at most."""
+    from natsgate.admin.bus import MAX_PEERS
+
+    subject = f"{prefix(config.auth_bucket)}.hello"
+    ours = gw.gateway.gateway_id
+    answered = 0
+
+    async def count(msg: Any) -> None:
+        nonlocal answered
+        if json.loads(msg.data)["gateway"] == ours:
+            answered += 1
+
+    sub = await nc.subscribe(subject, cb=count)
+    for i in range(3000):
+        await nc.publish(subject, json.dumps({"gateway": f"fake-{i}"}).encode())
+    await nc.publish(subject, b"not json")
+    await nc.flush()
+    await eventually(lambda: len(gw.gateway.admin.peers()) == MAX_PEERS)
+    await asyncio.sleep(0.2)
+    await nc.flush()
+    assert len(gw.gateway.admin.peers()) == MAX_PEERS
+    assert MAX_PEERS <= answered <= MAX_PEERS + 2  # plus its own periodic greeting
+    await sub.unsubscribe()

@@ -47,6 +47,9 @@ QUIET_S = 0.25  # with every known gateway answered, gathering ends after this q
 GATHER_S = 2.0  # and after this at the latest, known gateways missing or not
 HELLO_S = 5.0  # each gateway greets the others this often
 PEER_TTL_S = 3 * HELLO_S  # a gateway not heard from for this long is not waited for
+# gateways remembered at most: whoever may publish a greeting (a NATS user, not a client of
+# the gateway) cannot grow the table, or the greetings sent back, without bound
+MAX_PEERS = 1024
 CHUNK = 500  # connections per answer message (NATS' max payload is 1 MiB by default)
 
 
@@ -90,7 +93,12 @@ class _Ask(msgspec.Struct, frozen=True):
     conn: str | None = None
 
 
+class _Hello(msgspec.Struct, frozen=True):
+    gateway: str = ""
+
+
 _decode = msgspec.json.Decoder(_Ask)
+_decode_hello = msgspec.json.Decoder(_Hello)
 _encode = msgspec.json.Encoder()
 
 
@@ -155,21 +163,27 @@ class AdminBus:
         """The other gateway a greeting is from (None: this one, or not a greeting)."""
         if msg.headers and USER_HEADER in msg.headers:
             return None
-        with contextlib.suppress(msgspec.DecodeError):
-            said = msgspec.json.decode(msg.data)
-            gid = said.get("gateway") if isinstance(said, dict) else None
-            if isinstance(gid, str) and gid and gid != self._host.gateway_id:
-                return gid
-        return None
+        try:
+            gid = _decode_hello.decode(msg.data).gateway
+        except msgspec.DecodeError:
+            return None
+        return gid if gid and gid != self._host.gateway_id else None
 
     async def _on_hello(self, msg: Msg) -> None:
         gid = self._heard(msg)
         if gid is None:
             return
         new = gid not in self._peers
-        self._peers[gid] = asyncio.get_running_loop().time()
-        if new:  # so that a gateway starting now knows this one at once
+        if self._saw(gid) and new:  # so that a gateway starting now knows this one at once
             await self._say("hello")
+
+    def _saw(self, gid: str) -> bool:
+        """Note that ``gid`` is there; False when the table is full and it is new."""
+        if gid not in self._peers and len(self.peers()) >= MAX_PEERS:
+            log.debug("more than %d gateways greet this one; not waiting for %s", MAX_PEERS, gid)
+            return False
+        self._peers[gid] = asyncio.get_running_loop().time()
+        return True
 
     async def _on_bye(self, msg: Msg) -> None:
         gid = self._heard(msg)
@@ -259,7 +273,7 @@ class AdminBus:
                     if isinstance(peer, str) and peer != gid:
                         got.append(answer)
                         waiting.discard(peer)
-                        self._peers[peer] = loop.time()
+                        self._saw(peer)
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
